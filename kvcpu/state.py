@@ -1,0 +1,384 @@
+"""KVState: llama.cpp sequence-state bytes parsed into arrays, and serialized back bit-exactly.
+
+The byte layout is the one written by llama_state_seq_get_data in the pinned
+llama-cpp-python (see DESIGN.md). The parser checks every structural field and
+refuses, with StateFormatError, anything it cannot interpret exactly.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import StateFormatError, UnsupportedTypeError
+from .ggml_types import BY_ID, STORAGE_DTYPE, GGMLType, ggml_type
+
+STATE_MAGIC = 0xAF143CD8
+# Which llama.cpp state layout this parser implements; bump when the pinned version changes it.
+PARSER_VERSION = 1
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+# Sanity bounds: far above any real model, low enough that a corrupted count fails fast.
+MAX_BLOCKS = 2  # llama.cpp writes one block, or two for sliding-window (iSWA) caches
+MAX_STREAMS = 256
+MAX_SEQ = 256
+MAX_LAYERS = 1024
+MAX_EMBD = 1 << 20
+
+
+@dataclass(eq=False)
+class Tensor:
+    """One layer's K or V of one stream.
+
+    `data` is C-contiguous in the stored orientation: (n_cells, n_embd) rows, or
+    (n_embd, n_cells) when `transposed` (llama.cpp's v_trans). Block-quantized
+    types keep their raw blocks as uint8 (n_cells, row_bytes).
+    """
+
+    ggml_type: int
+    data: np.ndarray
+    transposed: bool = False
+
+    @property
+    def type(self) -> GGMLType:
+        return BY_ID[self.ggml_type]
+
+    @property
+    def n_cells(self) -> int:
+        return self.data.shape[1] if self.transposed else self.data.shape[0]
+
+    @property
+    def n_embd(self) -> int:
+        if self.transposed:
+            return self.data.shape[0]
+        t = self.type
+        return self.data.shape[1] if t.numeric else self.data.shape[1] // t.type_size * t.block_size
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def rows(self) -> np.ndarray:
+        """(n_cells, n_embd) in the storage dtype: a view (strided when transposed)."""
+        return self.data.T if self.transposed else self.data
+
+    def values(self) -> np.ndarray:
+        """(n_cells, n_embd) numeric values: float16 or float32 (bf16 widened to float32)."""
+        t = self.type
+        if not t.numeric:
+            raise UnsupportedTypeError(
+                f"KV type {t.name} is kept as raw blocks; kvcpu does not expose its values"
+            )
+        rows = self.rows()
+        if t.name == "bf16":
+            return (rows.astype(np.uint32) << 16).view(np.float32)
+        return rows
+
+    @classmethod
+    def from_rows(cls, type_id: int, rows: np.ndarray, transposed: bool = False) -> Tensor:
+        """Build from (n_cells, n_embd) rows in the storage dtype (raw uint8 blocks for quantized types)."""
+        t = ggml_type(type_id)
+        if t.numeric:
+            rows = np.asarray(rows).astype(STORAGE_DTYPE[t.id], copy=False)
+        elif transposed:
+            raise StateFormatError(f"a transposed V cannot hold block type {t.name}")
+        data = np.ascontiguousarray(rows.T if transposed else rows)
+        return cls(t.id, data, transposed)
+
+    def head(self, n: int) -> Tensor:
+        """The first n cells."""
+        data = self.data[:, :n] if self.transposed else self.data[:n]
+        return Tensor(self.ggml_type, np.ascontiguousarray(data), self.transposed)
+
+
+@dataclass(eq=False)
+class CellStream:
+    """One stream of one cache block: its cells' metadata and per-layer K and V."""
+
+    positions: np.ndarray  # (n_cells,) int32
+    n_seq: np.ndarray  # (n_cells,) uint32, how many seq ids each cell carries
+    seq_ids: np.ndarray  # (sum(n_seq),) int32, flat
+    v_trans: bool
+    k: list[Tensor]
+    v: list[Tensor]
+    ext: np.ndarray | None = None  # (n_cells, ext_bytes) uint8, where the cache has cell extensions
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.positions)
+
+    def head(self, n: int) -> CellStream:
+        """The first n cells, with their K and V."""
+        n = min(n, self.n_cells)
+        n_ids = int(self.n_seq[:n].sum())
+        ext = None if self.ext is None else self.ext[:n].copy()
+        return CellStream(
+            self.positions[:n].copy(), self.n_seq[:n].copy(), self.seq_ids[:n_ids].copy(),
+            self.v_trans, [t.head(n) for t in self.k], [t.head(n) for t in self.v], ext,
+        )
+
+
+@dataclass(eq=False)
+class CacheBlock:
+    """One cache's part of the state; `streams[i]` is None where stream i holds no cells."""
+
+    streams: list[CellStream | None]
+
+    @property
+    def n_cells(self) -> int:
+        return sum(s.n_cells for s in self.streams if s is not None)
+
+
+@dataclass(eq=False)
+class KVState:
+    """A parsed llama.cpp sequence state. `tokens` rides along and is not part of the bytes."""
+
+    seq_id: int
+    blocks: list[CacheBlock]
+    cell_ext_bytes: int = 0
+    tokens: np.ndarray | None = field(default=None)
+
+    @classmethod
+    def from_bytes(cls, buf, cell_ext_bytes: int = 0) -> KVState:
+        """Parse llama_state_seq_get_data bytes; arrays are zero-copy views of `buf`."""
+        return _Parser(buf, cell_ext_bytes).parse()
+
+    def to_bytes(self) -> bytes:
+        """The exact llama.cpp bytes: from_bytes(b).to_bytes() == b."""
+        return b"".join(self._parts())
+
+    def _parts(self):
+        yield struct.pack("<Ii", STATE_MAGIC, self.seq_id)
+        for block in self.blocks:
+            yield struct.pack("<I", len(block.streams))
+            for stream in block.streams:
+                if stream is None:
+                    yield struct.pack("<I", 0)
+                else:
+                    yield from _stream_parts(stream)
+
+    @property
+    def n_tokens(self) -> int:
+        """Cells of the first (full) cache block: the tokens the state holds."""
+        return self.blocks[0].n_cells if self.blocks else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Length of to_bytes(), computed without serializing."""
+        return sum(len(p) for p in self._parts())
+
+    def tensors(self):
+        """Yield (block, stream, layer, 'k'|'v', Tensor) for every tensor."""
+        for bi, block in enumerate(self.blocks):
+            for si, stream in enumerate(block.streams):
+                if stream is None:
+                    continue
+                for kind, tensors in (("k", stream.k), ("v", stream.v)):
+                    for li, t in enumerate(tensors):
+                        yield bi, si, li, kind, t
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes of the K and V payload alone."""
+        return sum(t.nbytes for *_, t in self.tensors())
+
+    def head(self, n_tokens: int) -> KVState:
+        """A state holding only the first n_tokens cells of every stream."""
+        blocks = [
+            CacheBlock([None if s is None else s.head(n_tokens) for s in b.streams]) for b in self.blocks
+        ]
+        tokens = None if self.tokens is None else self.tokens[:n_tokens].copy()
+        return KVState(self.seq_id, blocks, self.cell_ext_bytes, tokens)
+
+    def summary(self) -> str:
+        """A human-readable description: blocks, layers, types and bytes."""
+        lines = [f"KVState seq_id={self.seq_id} tokens={self.n_tokens} bytes={self.nbytes:,}"]
+        for bi, block in enumerate(self.blocks):
+            for si, s in enumerate(block.streams):
+                if s is None:
+                    lines.append(f"  block {bi} stream {si}: empty")
+                    continue
+                k, v = s.k[0] if s.k else None, s.v[0] if s.v else None
+                kinfo = f"K {k.type.name} x{k.n_embd}" if k else "no K"
+                vinfo = f"V {v.type.name} x{v.n_embd}" if v else "no V"
+                lines.append(
+                    f"  block {bi} stream {si}: {s.n_cells} cells, positions "
+                    f"{int(s.positions.min())}..{int(s.positions.max())}, {len(s.k)} layers, "
+                    f"{kinfo}, {vinfo}, v_trans={int(s.v_trans)}, "
+                    f"{sum(t.nbytes for t in s.k + s.v):,} KV bytes"
+                )
+        return "\n".join(lines)
+
+
+def _stream_parts(s: CellStream):
+    yield struct.pack("<I", s.n_cells)
+    yield _meta_bytes(s)
+    yield struct.pack("<II", int(s.v_trans), len(s.k))
+    for t in s.k:
+        yield struct.pack("<iQ", t.ggml_type, t.type.row_bytes(t.n_embd))
+        yield memoryview(t.data).cast("B")
+    for t in s.v:
+        if s.v_trans:
+            yield struct.pack("<iII", t.ggml_type, t.type.type_size, t.n_embd)
+        else:
+            yield struct.pack("<iQ", t.ggml_type, t.type.row_bytes(t.n_embd))
+        yield memoryview(t.data).cast("B")
+
+
+def _meta_bytes(s: CellStream) -> bytes:
+    ext = s.ext.shape[1] if s.ext is not None else 0
+    if np.all(s.n_seq == 1):
+        rec = np.empty(s.n_cells, dtype=_meta_dtype(ext))
+        rec["pos"], rec["n"], rec["seq"] = s.positions, 1, s.seq_ids
+        if ext:
+            rec["ext"] = s.ext.view(f"V{ext}").reshape(-1)
+        return rec.tobytes()
+    out, j = [], 0
+    for i in range(s.n_cells):
+        n = int(s.n_seq[i])
+        out.append(struct.pack("<iI", int(s.positions[i]), n))
+        if ext:
+            out.append(s.ext[i].tobytes())
+        out.append(s.seq_ids[j : j + n].astype("<i4").tobytes())
+        j += n
+    return b"".join(out)
+
+
+def _meta_dtype(ext: int) -> np.dtype:
+    fields = [("pos", "<i4"), ("n", "<u4")] + ([("ext", f"V{ext}")] if ext else []) + [("seq", "<i4")]
+    return np.dtype(fields)
+
+
+class _Parser:
+    """A bounds-checked reader over the state bytes."""
+
+    def __init__(self, buf, cell_ext_bytes: int):
+        try:
+            self.buf = np.frombuffer(buf, dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise StateFormatError(f"not a bytes-like object: {exc}") from None
+        self.off = 0
+        self.ext = cell_ext_bytes
+
+    def fail(self, reason: str, offset: int | None = None):
+        raise StateFormatError(reason, self.off if offset is None else offset)
+
+    def take(self, n: int, what: str) -> np.ndarray:
+        if n < 0 or self.off + n > len(self.buf):
+            self.fail(f"truncated: {what} needs {n} bytes, {len(self.buf) - self.off} remain")
+        out = self.buf[self.off : self.off + n]
+        self.off += n
+        return out
+
+    def u32(self, what: str) -> int:
+        return int(self.take(4, what).view("<u4")[0])
+
+    def i32(self, what: str) -> int:
+        return int(self.take(4, what).view("<i4")[0])
+
+    def u64(self, what: str) -> int:
+        return int(self.take(8, what).view("<u8")[0])
+
+    def bounded(self, value: int, lo: int, hi: int, what: str) -> int:
+        if not lo <= value <= hi:
+            self.fail(f"{what} = {value} is outside [{lo}, {hi}]", self.off - 4)
+        return value
+
+    def parse(self) -> KVState:
+        magic = self.u32("magic")
+        if magic != STATE_MAGIC:
+            self.fail(f"bad magic 0x{magic:08x}, expected 0x{STATE_MAGIC:08x}", 0)
+        seq_id = self.bounded(self.i32("seq_id"), -1, MAX_SEQ - 1, "seq_id")
+        blocks = []
+        while self.off < len(self.buf):
+            if len(blocks) == MAX_BLOCKS:
+                self.fail(f"trailing bytes after {MAX_BLOCKS} cache blocks")
+            blocks.append(self.block(seq_id, blocks[0] if blocks else None))
+        if not blocks:
+            self.fail("no cache block after the header")
+        return KVState(seq_id, blocks, self.ext)
+
+    def block(self, seq_id: int, first: CacheBlock | None) -> CacheBlock:
+        start = self.off
+        n_stream = self.bounded(self.u32("n_stream"), 1, MAX_STREAMS, "n_stream")
+        if first is not None and n_stream != len(first.streams):
+            self.fail(f"block has {n_stream} streams, the first block {len(first.streams)}", start)
+        streams = []
+        for _ in range(n_stream):
+            n_cells = self.bounded(self.u32("cell_count"), 0, 1 << 30, "cell_count")
+            streams.append(self.stream(n_cells, seq_id) if n_cells else None)
+        block = CacheBlock(streams)
+        if first is not None and first.n_cells and not block.n_cells:
+            self.fail("an empty cache block follows a non-empty one (trailing bytes?)", start)
+        return block
+
+    def stream(self, n_cells: int, seq_id: int) -> CellStream:
+        positions, n_seq, seq_ids, ext = self.meta(n_cells, seq_id)
+        v_trans = self.bounded(self.u32("v_trans"), 0, 1, "v_trans")
+        n_layer = self.bounded(self.u32("n_layer"), 1, MAX_LAYERS, "n_layer")
+        k = [self.row_tensor(n_cells, "K") for _ in range(n_layer)]
+        if v_trans:
+            v = [self.transposed_tensor(n_cells) for _ in range(n_layer)]
+        else:
+            v = [self.row_tensor(n_cells, "V") for _ in range(n_layer)]
+        for kind, ts in (("K", k), ("V", v)):
+            if len({t.ggml_type for t in ts}) > 1:
+                self.fail(f"{kind} layers disagree on their type: {sorted({t.type.name for t in ts})}")
+        return CellStream(positions, n_seq, seq_ids, bool(v_trans), k, v, ext)
+
+    def meta(self, n_cells: int, seq_id: int):
+        ext = self.ext
+        dtype = _meta_dtype(ext)
+        start = self.off
+        fast = self.buf[start : start + n_cells * dtype.itemsize]
+        if len(fast) == n_cells * dtype.itemsize and np.all(fast.view(dtype)["n"] == 1):
+            rec = self.take(len(fast), "cell metadata").view(dtype)
+            positions, n_seq, seq_ids = rec["pos"], rec["n"], rec["seq"]
+            ext_arr = rec["ext"].view(np.uint8).reshape(n_cells, ext) if ext else None
+        else:
+            positions, n_seq, ids, exts = [], [], [], []
+            for _ in range(n_cells):
+                positions.append(self.i32("cell pos"))
+                n_seq.append(self.bounded(self.u32("n_seq_id"), 1, MAX_SEQ, "n_seq_id"))
+                if ext:
+                    exts.append(self.take(ext, "cell extension"))
+                ids.extend(self.take(4 * n_seq[-1], "cell seq ids").view("<i4").tolist())
+            positions = np.array(positions, dtype=np.int32)
+            n_seq, seq_ids = np.array(n_seq, dtype=np.uint32), np.array(ids, dtype=np.int32)
+            ext_arr = np.stack(exts) if ext else None
+        if n_cells and int(positions.min()) < 0:
+            self.fail("a cell has a negative position", start)
+        if seq_id >= 0 and (np.any(n_seq != 1) or np.any(seq_ids != seq_id)):
+            self.fail(f"cells carry seq ids other than the state's seq_id {seq_id}", start)
+        if seq_ids.size and (seq_ids.min() < 0 or seq_ids.max() >= MAX_SEQ):
+            self.fail("a cell seq id is out of range", start)
+        return positions, n_seq, seq_ids, ext_arr
+
+    def tensor_type(self, what: str) -> GGMLType:
+        type_id = self.i32(f"{what} type")
+        if type_id not in BY_ID:
+            self.fail(f"{what} has unknown ggml type {type_id}", self.off - 4)
+        return BY_ID[type_id]
+
+    def row_tensor(self, n_cells: int, what: str) -> Tensor:
+        t = self.tensor_type(what)
+        row_bytes = self.u64(f"{what} row size")
+        if row_bytes == 0 or row_bytes % t.type_size or row_bytes // t.type_size * t.block_size > MAX_EMBD:
+            self.fail(f"{what} row size {row_bytes} does not fit type {t.name}", self.off - 8)
+        raw = self.take(n_cells * row_bytes, f"{what} data")
+        if t.numeric:
+            return Tensor(t.id, raw.view(STORAGE_DTYPE[t.id]).reshape(n_cells, -1))
+        return Tensor(t.id, raw.reshape(n_cells, row_bytes))
+
+    def transposed_tensor(self, n_cells: int) -> Tensor:
+        t = self.tensor_type("V")
+        if not t.numeric:
+            self.fail(f"transposed V of block type {t.name}", self.off - 4)
+        elem = self.u32("V element size")
+        if elem != t.type_size:
+            self.fail(f"V element size {elem} does not match type {t.name}", self.off - 4)
+        n_embd = self.bounded(self.u32("n_embd_v_gqa"), 1, MAX_EMBD, "n_embd_v_gqa")
+        raw = self.take(n_embd * n_cells * elem, "V data")
+        return Tensor(t.id, raw.view(STORAGE_DTYPE[t.id]).reshape(n_embd, n_cells), transposed=True)
