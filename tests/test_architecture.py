@@ -1,0 +1,32 @@
+"""The module boundaries DESIGN.md draws, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "kvcpu"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(("." * node.level) + (node.module or ""))
+    return names
+
+
+def test_only_engine_imports_llama_cpp():
+    importers = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                       if any(m.split(".")[0] == "llama_cpp" for m in imported_modules(p)))
+    assert importers == ["engine.py"]
+
+
+def test_kernels_and_codecs_know_nothing_above_them():
+    for sub, forbidden in (("kernels", ("codecs", "store", "session", "engine")),
+                           ("codecs", ("store", "session", "engine"))):
+        for path in (PACKAGE / sub).rglob("*.py"):
+            for mod in imported_modules(path):
+                assert not any(word in mod.split(".") for word in forbidden), f"{path.name} imports {mod}"
