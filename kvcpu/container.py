@@ -7,8 +7,10 @@ Layout, little-endian:
     12  header_len   u32
     16  body_len     u64
     24  checksum     u64, xxh3_64 over bytes [0, 24) and [32, end)
-    32  header       header_len bytes of UTF-8 JSON; its "sections" lists the body's parts
-    ..  body         body_len bytes: the sections back to back
+    32  header       header_len bytes of UTF-8 JSON, space-padded so the body starts on 64 bytes;
+                     its "sections" lists the lengths of the body's parts
+    ..  body         body_len bytes: the sections, each zero-padded to a multiple of 64 bytes,
+                     so that every section starts 64-byte aligned within the file
 
 Every check runs before anything is interpreted: magic, version, length, checksum,
 then the header's own shape. Each failure raises its own kvcpu.errors exception.
@@ -35,20 +37,31 @@ _PREFIX = struct.Struct("<8sIIQQ")
 MAX_HEADER_BYTES = 64 << 20
 
 
+ALIGN = 64
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
 def pack(magic: bytes, header: dict, sections: list) -> bytes:
     """Frame a JSON header and byte sections (any buffer objects) into checksummed bytes."""
     views = [memoryview(s).cast("B") for s in sections]
     header = dict(header, sections=[v.nbytes for v in views])
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    body_len = sum(v.nbytes for v in views)
+    head += b" " * _pad(_PREFIX.size + len(head))
+    parts = []
+    for v in views:
+        parts += [v, bytes(_pad(v.nbytes))]
+    body_len = sum(memoryview(p).nbytes for p in parts)
     h = xxhash.xxh3_64()
     prefix = _PREFIX.pack(magic, FORMAT_VERSION, len(head), body_len, 0)
     h.update(prefix[:24])
     h.update(head)
-    for v in views:
-        h.update(v)
+    for p in parts:
+        h.update(p)
     prefix = _PREFIX.pack(magic, FORMAT_VERSION, len(head), body_len, h.intdigest())
-    return b"".join([prefix, head, *views])
+    return b"".join([prefix, head, *parts])
 
 
 def unpack(buf, magic: bytes, what: str) -> tuple[dict, list[np.ndarray]]:
@@ -81,12 +94,12 @@ def unpack(buf, magic: bytes, what: str) -> tuple[dict, list[np.ndarray]]:
     header = _parse_header(data[_PREFIX.size : _PREFIX.size + head_len], what)
     sizes = header.get("sections")
     if not isinstance(sizes, list) or not all(isinstance(n, int) and n >= 0 for n in sizes) \
-            or sum(sizes) != body_len:
+            or sum(n + _pad(n) for n in sizes) != body_len:
         raise SnapshotHeaderError(f"{what} header's section sizes do not add up to its body")
     sections, off = [], _PREFIX.size + head_len
     for n in sizes:
         sections.append(data[off : off + n])
-        off += n
+        off += n + _pad(n)
     return header, sections
 
 

@@ -1,0 +1,91 @@
+"""Group-wise integer quantization of each tensor: the base of int8, int4 and int4-rot."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..errors import CodecError
+from ..layout import LayoutSpec
+from .tensorwise import TensorCodec
+
+_OTHER_AXIS = {"token": "channel", "channel": "token"}
+
+
+class GroupQuantCodec(TensorCodec):
+    """bits-wide codes in groups of `group`; K and V each grouped per token or per channel.
+
+    rotate=True applies a Walsh-Hadamard rotation per head of head_dim channels first
+    (per-token groups only). 4-bit codes are packed two to a byte.
+    """
+
+    defaults: dict = {}
+
+    def __init__(self, **params):
+        p = {"group": 32, "axis_k": "token", "axis_v": "token", "symmetric": True, "rotate": False,
+             "head_dim": 64, **self.defaults}
+        unknown = set(params) - set(p)
+        if unknown:
+            raise CodecError(f"codec {self.name!r} has no parameters {sorted(unknown)}; it takes {sorted(p)}")
+        p.update(params)
+        for key in ("axis_k", "axis_v"):
+            if p[key] not in kernels.AXES:
+                raise CodecError(f"{key} must be one of {kernels.AXES}, not {p[key]!r}")
+        if p["rotate"] and "channel" in (p["axis_k"], p["axis_v"]):
+            raise CodecError("rotation needs per-token groups (axis_k and axis_v 'token')")
+        if int(p["group"]) < 1:
+            raise CodecError(f"group must be positive, not {p['group']}")
+        self._p = p
+
+    bits = 8
+
+    @property
+    def params(self) -> dict:
+        return dict(self._p)
+
+    def _plan(self, kind: str, spec: LayoutSpec) -> tuple[str, int]:
+        """(kernel axis, group size) for this tensor kind in this layout's orientation."""
+        axis = self._p["axis_k" if kind == "k" else "axis_v"]
+        group = int(self._p["group"])
+        if axis == "channel":
+            group = spec.token_group(group)
+        return (_OTHER_AXIS[axis] if spec.channel_major else axis), group
+
+    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> dict:
+        axis, group = self._plan(kind, spec)
+        rotate = self._p["rotate"]
+        if rotate and spec.channel_major:
+            m = kernels.transpose(m)  # rotation runs along channels of token-major rows
+            axis = "token"
+        qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
+                              head_dim=int(self._p["head_dim"]) if rotate else 0)
+        codes = kernels.pack_nibbles(qz.q, self._offset) if self.bits == 4 else qz.q
+        per_row = group if axis == "channel" and not spec.channel_major else 1
+        arrays = {"q": (codes, 1), "scale": (qz.scale, per_row)}
+        if qz.zero is not None:
+            arrays["zero"] = (qz.zero, per_row)
+        return arrays
+
+    @property
+    def _offset(self) -> int:
+        return 8 if self._p["symmetric"] else 0
+
+    def decode_tensor(self, arrays: dict, kind: str, spec: LayoutSpec, shape, out_dtype) -> np.ndarray:
+        axis, group = self._plan(kind, spec)
+        rotate = self._p["rotate"]
+        if rotate:
+            axis = "token"
+        n, e = shape
+        token_major = rotate or not spec.channel_major
+        cols = e if token_major else n
+        codes = arrays["q"]
+        q = kernels.unpack_nibbles(codes, cols, self._offset) if self.bits == 4 else codes
+        qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, axis,
+                               int(self._p["head_dim"]) if rotate else 0)
+        rows = q.shape[0]
+        if axis == "channel" and rows % group and rows != (n if token_major else e):
+            rows -= rows % group  # a partial read ends on a block, hence on a group
+        m = kernels.dequantize(qz, out_dtype, rows)
+        if rotate and spec.channel_major:
+            m = kernels.transpose(m)
+        return m

@@ -1,0 +1,149 @@
+"""The machinery shared by codecs that encode each K and V tensor on its own.
+
+A TensorCodec subclass says how one tensor becomes named arrays and back; this module
+walks the state, refuses what cannot be encoded, keeps the cell metadata losslessly, and
+hands the arrays to the layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..errors import CodecError
+from ..ggml_types import BY_ID, BY_NAME
+from ..layout import LayoutSpec, pack, unpack
+from ..state import CacheBlock, CellStream, KVState, Tensor
+from .base import Codec, CompressedKV, f16_kv_bytes
+
+F16, F32, BF16 = BY_NAME["f16"].id, BY_NAME["f32"].id, BY_NAME["bf16"].id
+_CELL_FIELDS = ("positions", "n_seq", "seq_ids")
+
+
+class TensorCodec(Codec):
+    """Encodes each tensor with encode_tensor; subclasses implement it and decode_tensor."""
+
+    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> dict:
+        """m: (n, e) token-major, or (e, n) when spec.channel_major; uint16 half bits or float32.
+
+        Returns {name: (array, tokens_per_row)}.
+        """
+        raise NotImplementedError
+
+    def decode_tensor(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
+                      out_dtype) -> np.ndarray:
+        """The (n, e) or, when channel-major, (e, n) matrix; n may exceed the tokens asked for."""
+        raise NotImplementedError
+
+    # -- encode -----------------------------------------------------------------------
+
+    def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
+        spec = LayoutSpec(layout, block_tokens)
+        skeleton, cells, tensors = [], [], []
+        for block in state.blocks:
+            skeleton.append([None if s is None else _stream_skeleton(s) for s in block.streams])
+            for s in block.streams:
+                if s is None:
+                    continue
+                cells.append(_cell_arrays(s))
+                for k, v in zip(s.k, s.v):
+                    for kind, t in (("k", k), ("v", v)):
+                        tensors.append(self.encode_tensor(_matrix(t, spec), kind, spec))
+        payload, index = pack(spec, tensors, state.n_tokens)
+        cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
+        meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "blocks": skeleton,
+                "block_tokens": block_tokens, "index": index, "cell_index": cell_index}
+        return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
+                            state.n_tokens, f16_kv_bytes(state))
+
+    # -- decode -----------------------------------------------------------------------
+
+    def decode(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
+        meta = packed.meta
+        spec = LayoutSpec(packed.layout, int(meta["block_tokens"]))
+        if len(packed.sections) != 2:
+            raise CodecError(f"{self.name} payload has {len(packed.sections)} sections, not 2")
+        cell_payload, payload = packed.sections
+        skeleton = meta["blocks"]
+        streams = [s for block in skeleton for s in block if s is not None]
+        n_tensors = sum(2 * len(s["k"]) for s in streams)
+        cells = unpack(LayoutSpec("aligned"), cell_payload, meta["cell_index"], len(streams))
+        arrays = unpack(spec, payload, meta["index"], n_tensors, n_tokens)
+        blocks, si, ti = [], 0, 0
+        for block in skeleton:
+            out = []
+            for s in block:
+                if s is None:
+                    out.append(None)
+                    continue
+                n = s["n_cells"] if n_tokens is None else min(n_tokens, s["n_cells"])
+                k, v = [], []
+                for layer in range(len(s["k"])):
+                    for kind, desc, dest in (("k", s["k"][layer], k), ("v", s["v"][layer], v)):
+                        dest.append(self._decode_one(arrays[ti], kind, desc, s, n, spec))
+                        ti += 1
+                out.append(_stream_from_cells(cells[si], s, n, k, v))
+                si += 1
+            blocks.append(CacheBlock(out))
+        return KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]))
+
+    def _decode_one(self, arrays, kind, desc, stream, n, spec) -> Tensor:
+        type_id, n_embd = int(desc[0]), int(desc[1])
+        transposed = kind == "v" and bool(stream["v_trans"])
+        shape = (stream["n_cells"], n_embd)
+        out_dtype = np.uint16 if type_id == F16 else np.float32
+        m = self.decode_tensor(arrays, kind, spec, shape, out_dtype)
+        m = m[:, :n] if spec.channel_major else m[:n]
+        if type_id == BF16:
+            m = _float_to_bf16(m)
+        if transposed != spec.channel_major:
+            m = kernels.transpose(m)
+        storage = {F16: np.float16, F32: np.float32, BF16: np.uint16}[type_id]
+        return Tensor(type_id, np.ascontiguousarray(m).view(storage), transposed)
+
+
+def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:
+    """The tensor as uint16 half bits (f16) or float32, token- or channel-major as the layout wants."""
+    if t.ggml_type not in (F16, F32, BF16):
+        raise CodecError(
+            f"KV type {BY_ID[t.ggml_type].name} is llama.cpp's own quantized cache; encode it with "
+            f"the lossless 'f16' codec, or run the model with an f16 cache"
+        )
+    if t.ggml_type == F16:
+        data = t.data.view(np.uint16)
+        bad = kernels.count_nonfinite_half(data)
+    else:
+        data = t.data if t.ggml_type == F32 else (t.data.astype(np.uint32) << 16).view(np.float32)
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise CodecError(f"the state holds {bad} inf or NaN values; a lossy codec cannot encode them")
+    if t.transposed == spec.channel_major:
+        return data
+    return kernels.transpose(data)
+
+
+def _float_to_bf16(m: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(m, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def _stream_skeleton(s: CellStream) -> dict:
+    return {"n_cells": s.n_cells, "v_trans": s.v_trans,
+            "k": [[t.ggml_type, t.n_embd] for t in s.k], "v": [[t.ggml_type, t.n_embd] for t in s.v]}
+
+
+def _cell_arrays(s: CellStream) -> dict:
+    arrays = {name: (getattr(s, name).reshape(-1, 1), 1) for name in _CELL_FIELDS}
+    if s.ext is not None:
+        arrays["ext"] = (s.ext, 1)
+    return arrays
+
+
+def _stream_from_cells(cells: dict, s: dict, n: int, k: list, v: list) -> CellStream:
+    positions = cells["positions"].reshape(-1)[:n].copy()
+    n_seq = cells["n_seq"].reshape(-1)[:n].copy()
+    seq_ids = cells["seq_ids"].reshape(-1)[: int(n_seq.sum())].copy()
+    ext = cells["ext"][:n].copy() if "ext" in cells else None
+    if len(positions) != n:
+        raise CodecError(f"cell metadata holds {len(positions)} cells, the skeleton {n}")
+    return CellStream(positions, n_seq, seq_ids, bool(s["v_trans"]), k, v, ext)

@@ -1,0 +1,141 @@
+"""Numba kernels and their public, validating entry points.
+
+Kernels (private, `@njit`) take arrays and write into arrays the caller allocated. The
+functions here check shapes and dtypes, allocate, and call them. Nothing here knows of codecs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .f16 import count_nonfinite_half, float32_to_half_bits, half_bits_to_float32
+from .hadamard import check_head_dim, hadamard_rows
+from .layout import transpose
+from .pack import _pack_nibbles, _unpack_nibbles
+from .quant import _dequantize_cols, _dequantize_rows, _quantize_cols, _quantize_rows
+
+AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
+
+__all__ = [
+    "AXES", "Quantized", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
+    "half_bits_to_float32", "hadamard_rows", "pack_nibbles", "quantize", "transpose", "unpack_nibbles",
+]
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """Integer codes with their per-group f16 scales (and minimums when asymmetric).
+
+    q: (n, e) int8 codes. scale, zero: uint16 half bits, (n, ceil(e/group)) for axis
+    'token' or (ceil(n/group), e) for axis 'channel'; zero is None when symmetric.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    bits: int
+    group: int
+    axis: str
+    head_dim: int = 0
+
+    @property
+    def qmax(self) -> int:
+        return qmax(self.bits, self.zero is None)
+
+
+def qmax(bits: int, symmetric: bool) -> int:
+    """Largest code: symmetric codes span [-qmax, qmax], asymmetric ones [0, qmax]."""
+    return (1 << (bits - 1)) - 1 if symmetric else (1 << bits) - 1
+
+
+def _matrix(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected an (n, e) matrix, got shape {x.shape}")
+    if x.dtype not in (np.uint16, np.float32):
+        raise TypeError(f"expected uint16 half bits or float32, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "token",
+             symmetric: bool = True, head_dim: int = 0) -> Quantized:
+    """x: (n, e) uint16 half bits or float32 -> group-wise integer codes.
+
+    head_dim > 0 rotates each head of head_dim channels first (axis 'token' only).
+    Non-finite inputs are the caller's to refuse: count_nonfinite_half finds them.
+    """
+    x = _matrix(x)
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ValueError(f"bits must be 2..8, not {bits}")
+    if group < 1:
+        raise ValueError(f"group must be positive, not {group}")
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
+    n, e = x.shape
+    q = np.empty((n, e), dtype=np.int8)
+    top = qmax(bits, symmetric)
+    if axis == "token":
+        if head_dim:
+            check_head_dim(e, head_dim)
+        shape = (n, -(-e // group))
+        scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
+        if n and e:
+            _quantize_rows(x, group, top, symmetric, head_dim, q, scale, zero)
+    else:
+        if head_dim:
+            raise ValueError("rotation applies to per-token groups (axis 'token') only")
+        shape = (-(-n // group), e)
+        scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
+        if n and e:
+            _quantize_cols(x, group, top, symmetric, q, scale, zero)
+    return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim)
+
+
+def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None) -> np.ndarray:
+    """Quantized -> (n, e) uint16 half bits or float32; n_rows decodes only the first rows.
+
+    With axis 'channel', n_rows must end on a group boundary or at the last row.
+    """
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.uint16, np.float32):
+        raise TypeError(f"out_dtype must be uint16 (half bits) or float32, not {out_dtype}")
+    n, e = qz.q.shape
+    rows = n if n_rows is None else n_rows
+    if not 0 <= rows <= n:
+        raise ValueError(f"n_rows {rows} outside [0, {n}]")
+    out = np.empty((rows, e), dtype=out_dtype)
+    if rows == 0 or e == 0:
+        return out
+    zero = qz.zero if qz.zero is not None else np.zeros_like(qz.scale)
+    if qz.axis == "token":
+        _dequantize_rows(qz.q[:rows], qz.scale[:rows], zero[:rows], qz.group, qz.head_dim, out)
+    else:
+        if rows != n and rows % qz.group:
+            raise ValueError(f"n_rows {rows} cuts a group of {qz.group} tokens")
+        g = -(-rows // qz.group)
+        _dequantize_cols(qz.q[:rows], qz.scale[:g], zero[:g], qz.group, out)
+    return out
+
+
+def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    """q: (n, e) int8 codes in [-offset, 15 - offset] -> (n, ceil(e/2)) uint8."""
+    q = np.ascontiguousarray(q, dtype=np.int8)
+    if q.ndim != 2:
+        raise ValueError(f"expected (n, e) codes, got shape {q.shape}")
+    out = np.empty((q.shape[0], -(-q.shape[1] // 2)), dtype=np.uint8)
+    if q.size:
+        _pack_nibbles(q, offset, out)
+    return out
+
+
+def unpack_nibbles(packed: np.ndarray, n_cols: int, offset: int) -> np.ndarray:
+    """packed: (n, ceil(n_cols/2)) uint8 -> (n, n_cols) int8 codes."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != -(-n_cols // 2):
+        raise ValueError(f"packed shape {packed.shape} does not hold {n_cols} columns")
+    q = np.empty((packed.shape[0], n_cols), dtype=np.int8)
+    if q.size:
+        _unpack_nibbles(packed, offset, q)
+    return q

@@ -1,0 +1,132 @@
+"""IEEE half precision carried as uint16 bits (Numba has no float16), converted with bit operations."""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ._flags import inline, parallel_kernel
+
+
+@intrinsic
+def _f32_as_u32(typingctx, x):
+    """Reinterpret a float32's bits as uint32 (an LLVM bitcast, no conversion)."""
+    if x != types.float32:
+        return None
+    return types.uint32(types.float32), lambda ctx, b, sig, args: b.bitcast(args[0], ir.IntType(32))
+
+
+@intrinsic
+def _u32_as_f32(typingctx, x):
+    """Reinterpret the low 32 bits of an integer as a float32 (Numba widens uint32 arithmetic)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(ctx, builder, sig, args):
+        bits = args[0]
+        if x.bitwidth > 32:
+            bits = builder.trunc(bits, ir.IntType(32))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(x), codegen
+
+
+@inline
+def half_to_float(h):
+    """uint16 half bits -> float32: exact for zeros, subnormals, normals, inf and NaN.
+
+    Branch-free (selects only), so that loops over it vectorize.
+    """
+    h = np.uint32(h)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    exp = h & np.uint32(0x7C00)
+    # Normal numbers: rebias the exponent (15 -> 127) and widen the mantissa.
+    normal = ((h & np.uint32(0x7FFF)) + np.uint32(0x1C000)) << np.uint32(13)
+    # Inf and NaN: the rebias above lands on exponent 143; they need 255.
+    normal += np.uint32(0x70 << 23) * np.uint32(exp == np.uint32(0x7C00))
+    # Zero and subnormals: mantissa * 2**-24 is exact in float32.
+    sub = _f32_as_u32(np.float32(h & np.uint32(0x03FF)) * np.float32(5.9604644775390625e-08))
+    return _u32_as_f32(sign | (normal if exp != 0 else sub))
+
+
+@inline
+def float_to_half(x):
+    """float32 -> uint16 half bits, rounding to nearest even (NumPy's algorithm), overflow to inf."""
+    f = _f32_as_u32(np.float32(x))
+    sign = (f & np.uint32(0x80000000)) >> np.uint32(16)
+    fexp = f & np.uint32(0x7F800000)
+    if fexp >= np.uint32(0x47800000):  # overflow, inf or NaN
+        if fexp == np.uint32(0x7F800000) and (f & np.uint32(0x007FFFFF)) != 0:
+            return np.uint16(sign | np.uint32(0x7E00) | ((f & np.uint32(0x007FFFFF)) >> np.uint32(13)))
+        return np.uint16(sign | np.uint32(0x7C00))
+    if fexp <= np.uint32(0x38000000):  # subnormal half, or zero
+        if fexp < np.uint32(0x33000000):
+            return np.uint16(sign)
+        e = fexp >> np.uint32(23)
+        sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
+        sig >>= np.uint32(113) - e
+        if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000) or (f & np.uint32(0x07FF)) != 0:
+            sig += np.uint32(0x1000)
+        return np.uint16(sign + (sig >> np.uint32(13)))
+    hexp = (fexp - np.uint32(0x38000000)) >> np.uint32(13)
+    sig = f & np.uint32(0x007FFFFF)
+    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        sig += np.uint32(0x1000)
+    return np.uint16(sign + hexp + (sig >> np.uint32(13)))  # a rounding carry bumps the exponent
+
+
+@parallel_kernel
+def _half_to_float(src, dst):
+    """src: (n, m) uint16 bits; dst: (n, m) float32."""
+    for i in prange(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = half_to_float(src[i, j])
+
+
+@parallel_kernel
+def _float_to_half(src, dst):
+    """src: (n, m) float32; dst: (n, m) uint16 bits."""
+    for i in prange(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = float_to_half(src[i, j])
+
+
+@parallel_kernel
+def _count_nonfinite(src):
+    """src: (n, m) uint16 bits; how many are inf or NaN (exponent all ones)."""
+    total = 0
+    for i in prange(src.shape[0]):
+        row = 0
+        for j in range(src.shape[1]):
+            if (src[i, j] & np.uint16(0x7C00)) == np.uint16(0x7C00):
+                row += 1
+        total += row
+    return total
+
+
+def _as_2d(a: np.ndarray) -> np.ndarray:
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def half_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bits: uint16 array of any 1-d or 2-d shape -> float32 array of the same shape."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    out = np.empty(bits.shape, dtype=np.float32)
+    _half_to_float(_as_2d(bits), _as_2d(out))
+    return out
+
+
+def float32_to_half_bits(x: np.ndarray) -> np.ndarray:
+    """x: float32 array (1-d or 2-d) -> uint16 half bits, round to nearest even."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.uint16)
+    _float_to_half(_as_2d(x), _as_2d(out))
+    return out
+
+
+def count_nonfinite_half(bits: np.ndarray) -> int:
+    """How many of the uint16 half values are inf or NaN."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    return int(_count_nonfinite(_as_2d(bits))) if bits.size else 0

@@ -1,0 +1,211 @@
+"""Group-wise integer quantization of half-precision (or float32) matrices.
+
+A group shares one scale (and, when asymmetric, one minimum), both stored as f16 bits.
+Groups run along channels within each token ("rows") or along tokens within each
+channel ("cols"). Symmetric: q = rint(x / s) in [-qmax, qmax], s = f16(absmax / qmax).
+Asymmetric: q = rint((x - m) / s) in [0, qmax], m = f16(min), s = f16((max - min) / qmax).
+Decoding is x = q * s (+ m). The scale used for rounding is the stored f16 one, so the
+error of every value is at most s / 2 before the result is rounded to its output type.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from ._flags import inline, parallel_kernel, parallel_reduction_kernel
+from .f16 import float_to_half, half_to_float
+from .hadamard import fwht_segment
+
+
+def load(v):
+    """A stored element as float32 (half bits are converted)."""
+
+
+@overload(load, inline="always")
+def _load_impl(v):
+    if v == types.uint16:
+        return lambda v: half_to_float(v)
+    if isinstance(v, types.Float):
+        return lambda v: np.float32(v)
+    return None
+
+
+def store(a, i, j, v):
+    """Write float32 v into a[i, j], as half bits when `a` is uint16."""
+
+
+@overload(store, inline="always")
+def _store_impl(a, i, j, v):
+    if a.dtype == types.uint16:
+        def impl(a, i, j, v):
+            a[i, j] = float_to_half(v)
+        return impl
+
+    def impl_float(a, i, j, v):
+        a[i, j] = v
+    return impl_float
+
+
+@inline
+def _params(lo_val, hi_val, qmax, symmetric):
+    """(scale, zero) as float32 values of their stored f16, and their f16 bits."""
+    if symmetric:
+        amax = max(abs(lo_val), abs(hi_val))
+        sbits = float_to_half(np.float32(amax / qmax))
+        zbits = np.uint16(0)
+    else:
+        sbits = float_to_half(np.float32((hi_val - lo_val) / qmax))
+        zbits = float_to_half(np.float32(lo_val))
+    return half_to_float(sbits), half_to_float(zbits), sbits, zbits
+
+
+@inline
+def _minmax(row, lo, hi):
+    """(min, max) of row[lo:hi], over four independent chains: one chain is latency-bound."""
+    a0 = b0 = a1 = b1 = a2 = b2 = a3 = b3 = row[lo]
+    j = lo
+    while j + 4 <= hi:
+        a0 = min(a0, row[j])
+        b0 = max(b0, row[j])
+        a1 = min(a1, row[j + 1])
+        b1 = max(b1, row[j + 1])
+        a2 = min(a2, row[j + 2])
+        b2 = max(b2, row[j + 2])
+        a3 = min(a3, row[j + 3])
+        b3 = max(b3, row[j + 3])
+        j += 4
+    while j < hi:
+        a0 = min(a0, row[j])
+        b0 = max(b0, row[j])
+        j += 1
+    return min(min(a0, a1), min(a2, a3)), max(max(b0, b1), max(b2, b3))
+
+
+@inline
+def _inverse(s):
+    return np.float32(1.0) / s if s > 0 else np.float32(0.0)
+
+
+@inline
+def _code(x, inv, z, lo, qmax):
+    """The code of x: rint((x - z) * inv), clipped to [lo, qmax]."""
+    return np.int8(min(max(np.rint((x - z) * inv), np.float32(lo)), np.float32(qmax)))
+
+
+_CHUNK = 32  # rows per parallel task: one scratch row serves them all
+
+
+@parallel_kernel
+def _quantize_rows(src, group, qmax, symmetric, head_dim, q, scale, zero):
+    """src: (n, e) uint16 or float32. Groups of `group` channels per token.
+
+    head_dim > 0 first rotates each head. q: (n, e) int8; scale, zero: (n, ceil(e/group)) uint16.
+    """
+    n, e = src.shape
+    n_groups = (e + group - 1) // group
+    lo_code = -qmax if symmetric else 0
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        # Per-channel copies of each group's inverse scale and zero let the coding loop run
+        # the full row length, which vectorizes; per-group loops of 32 did not.
+        r0 = c * _CHUNK
+        r1 = min(r0 + _CHUNK, n)
+        block = np.empty((r1 - r0, e), np.float32)
+        for i in range(r0, r1):
+            for j in range(e):
+                block[i - r0, j] = load(src[i, j])
+        inv = np.empty(e, np.float32)
+        zs = np.empty(e, np.float32)
+        for i in range(r0, r1):
+            row = block[i - r0]
+            if head_dim > 0:
+                for start in range(0, e, head_dim):
+                    fwht_segment(row, start, head_dim)
+            for g in range(n_groups):
+                lo = g * group
+                hi = min(lo + group, e)
+                mn, mx = _minmax(row, lo, hi)
+                s, z, scale[i, g], zero[i, g] = _params(mn, mx, qmax, symmetric)
+                r = _inverse(s)
+                for j in range(lo, hi):
+                    inv[j] = r
+                    zs[j] = z
+            qi = q[i]
+            for j in range(e):
+                qi[j] = _code(row[j], inv[j], zs[j], lo_code, qmax)
+
+
+@parallel_kernel
+def _dequantize_rows(q, scale, zero, group, head_dim, dst):
+    """Inverse of _quantize_rows. dst: (n, e) uint16 (half bits) or float32."""
+    n, e = q.shape
+    n_groups = (e + group - 1) // group
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        row = np.empty(e, np.float32)
+        ss = np.empty(e, np.float32)
+        zs = np.empty(e, np.float32)
+        for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
+            for g in range(n_groups):
+                s = half_to_float(scale[i, g])
+                z = half_to_float(zero[i, g])
+                for j in range(g * group, min(g * group + group, e)):
+                    ss[j] = s
+                    zs[j] = z
+            for j in range(e):
+                row[j] = np.float32(q[i, j]) * ss[j] + zs[j]
+            if head_dim > 0:
+                for start in range(0, e, head_dim):
+                    fwht_segment(row, start, head_dim)
+            for j in range(e):
+                store(dst, i, j, row[j])
+
+
+@parallel_kernel
+def _quantize_cols(src, group, qmax, symmetric, q, scale, zero):
+    """src: (n, e) uint16 or float32. Groups of `group` tokens per channel.
+
+    q: (n, e) int8; scale, zero: (ceil(n/group), e) uint16.
+    """
+    n, e = src.shape
+    n_groups = (n + group - 1) // group
+    for g in prange(n_groups):
+        lo = g * group
+        hi = min(lo + group, n)
+        block = np.empty((hi - lo, e), np.float32)
+        for i in range(lo, hi):
+            for j in range(e):
+                block[i - lo, j] = load(src[i, j])
+        mn = block[0].copy()
+        mx = block[0].copy()
+        for r in range(1, hi - lo):
+            for j in range(e):
+                mn[j] = min(mn[j], block[r, j])
+                mx[j] = max(mx[j], block[r, j])
+        s = np.empty(e, np.float32)
+        z = np.empty(e, np.float32)
+        for j in range(e):
+            s[j], z[j], scale[g, j], zero[g, j] = _params(mn[j], mx[j], qmax, symmetric)
+        inv = np.empty(e, np.float32)
+        for j in range(e):
+            inv[j] = _inverse(s[j])
+        lo_code = -qmax if symmetric else 0
+        for r in range(hi - lo):
+            for j in range(e):
+                q[lo + r, j] = _code(block[r, j], inv[j], z[j], lo_code, qmax)
+
+
+@parallel_kernel
+def _dequantize_cols(q, scale, zero, group, dst):
+    """Inverse of _quantize_cols. dst: (n, e) uint16 (half bits) or float32."""
+    n, e = q.shape
+    n_groups = (n + group - 1) // group
+    for g in prange(n_groups):
+        s = np.empty(e, np.float32)
+        z = np.empty(e, np.float32)
+        for j in range(e):
+            s[j] = half_to_float(scale[g, j])
+            z[j] = half_to_float(zero[g, j])
+        for i in range(g * group, min(g * group + group, n)):
+            for j in range(e):
+                store(dst, i, j, np.float32(q[i, j]) * s[j] + z[j])

@@ -1,0 +1,155 @@
+"""How a codec lays its payload out: aligned, blocked, columnar, interleaved.
+
+A codec turns each K or V tensor into named 2-d arrays whose axis 0 runs over tokens
+(`tokens_per_row` tokens per row: 1 for codes and per-token scales, the group size for
+per-channel scales). A layout decides where those arrays sit in one payload buffer, and
+which of them a partial decode must read.
+
+- aligned: tensor after tensor, every array starting on a 64-byte boundary.
+- blocked: tensor after tensor, packed tight; tokens come in blocks of B that no group
+  straddles, so the first k blocks of every array decode on their own (a prefix restore).
+- columnar: like aligned, but codecs store codes channel-major (e, n): per-channel groups
+  and statistics read contiguously, and a transposed V cache is encoded without a transpose.
+- interleaved: block after block; inside a block, each layer's K next to its V. A prefix of
+  the payload bytes is a prefix of the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CodecError
+
+ALIGN = 64
+LAYOUTS = ("aligned", "blocked", "columnar", "interleaved")
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A layout and its parameter."""
+
+    name: str = "blocked"
+    block_tokens: int = 16
+
+    def __post_init__(self):
+        if self.name not in LAYOUTS:
+            raise CodecError(f"unknown layout {self.name!r}; known: {', '.join(LAYOUTS)}")
+        if self.block_tokens < 1:
+            raise CodecError(f"block size must be positive, not {self.block_tokens}")
+
+    @property
+    def channel_major(self) -> bool:
+        return self.name == "columnar"
+
+    @property
+    def blockwise(self) -> bool:
+        return self.name in ("blocked", "interleaved")
+
+    def token_group(self, group: int) -> int:
+        """Tokens per per-channel group: capped so that no group straddles a block."""
+        if not self.blockwise:
+            return group
+        g = min(group, self.block_tokens)
+        while self.block_tokens % g:
+            g -= 1
+        return g
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
+def _entries(tensors: list[dict]) -> list[tuple[int, str, np.ndarray, int]]:
+    out = []
+    for ti, arrays in enumerate(tensors):
+        for name, (arr, per_row) in arrays.items():
+            out.append((ti, name, np.ascontiguousarray(arr), per_row))
+    return out
+
+
+def pack(spec: LayoutSpec, tensors: list[dict], n_tokens: int) -> tuple[np.ndarray, list]:
+    """tensors: per tensor {name: (array, tokens_per_row)} -> (payload uint8, index).
+
+    The index lists, per array: tensor, name, dtype, shape, tokens_per_row, and where its
+    bytes are (one extent, or one per block for interleaved).
+    """
+    entries = _entries(tensors)
+    if spec.name == "interleaved":
+        return _pack_interleaved(spec, entries, n_tokens)
+    align = spec.name != "blocked"
+    index, offset = [], 0
+    for ti, name, arr, per_row in entries:
+        offset += _pad(offset) if align else 0
+        index.append([ti, name, arr.dtype.str, list(arr.shape), per_row, [[offset, arr.nbytes]]])
+        offset += arr.nbytes
+    payload = np.zeros(offset, dtype=np.uint8)
+    for (_, _, arr, _), item in zip(entries, index):
+        start, size = item[5][0]
+        payload[start : start + size] = arr.reshape(-1).view(np.uint8)
+    return payload, index
+
+
+def _rows_in_block(b: int, spec: LayoutSpec, per_row: int, n_rows: int) -> tuple[int, int]:
+    start = b * spec.block_tokens // per_row
+    return start, min(start + spec.block_tokens // per_row, n_rows)
+
+
+def _pack_interleaved(spec, entries, n_tokens):
+    n_blocks = -(-n_tokens // spec.block_tokens)
+    # K and V of layer l are tensors 2l and 2l + 1 in a stream, so tensor order already pairs them.
+    index = [[ti, name, arr.dtype.str, list(arr.shape), per_row, []] for ti, name, arr, per_row in entries]
+    pieces, offset = [], 0
+    for b in range(n_blocks):
+        for (_, _, arr, per_row), item in zip(entries, index):
+            r0, r1 = _rows_in_block(b, spec, per_row, arr.shape[0])
+            piece = arr[r0:r1]
+            item[5].append([offset, piece.nbytes])
+            pieces.append(piece.reshape(-1).view(np.uint8))
+            offset += piece.nbytes
+    payload = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
+    return payload, index
+
+
+def unpack(spec: LayoutSpec, payload: np.ndarray, index: list, n_tensors: int,
+           n_tokens: int | None = None) -> list[dict]:
+    """The arrays of every tensor, as {name: array}; with n_tokens, blockwise layouts read
+    only the rows that cover the first n_tokens (rounded up to whole blocks)."""
+    tensors: list[dict] = [{} for _ in range(n_tensors)]
+    try:
+        for ti, name, dtype, shape, per_row, extents in index:
+            dtype = np.dtype(dtype)
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            rows = shape[0]
+            if n_tokens is not None and spec.blockwise:
+                covered = -(-n_tokens // spec.block_tokens) * spec.block_tokens
+                rows = min(rows, -(-covered // per_row))
+            need = rows * row_bytes
+            if len(extents) == 1:
+                start, size = extents[0]
+                if size < need or start + size > len(payload):
+                    raise CodecError(f"array {name} of tensor {ti} runs past the payload")
+                buf = payload[start : start + need]
+            else:
+                buf = _gather(payload, extents, need)
+            tensors[ti][name] = buf.view(dtype).reshape([rows, *shape[1:]])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise CodecError(f"payload index is inconsistent: {exc}") from None
+    return tensors
+
+
+def _gather(payload: np.ndarray, extents: list, need: int) -> np.ndarray:
+    out = np.empty(need, dtype=np.uint8)
+    filled = 0
+    for start, size in extents:
+        if filled >= need:
+            break
+        take = min(size, need - filled)
+        if start + take > len(payload):
+            raise CodecError("an interleaved block runs past the payload")
+        out[filled : filled + take] = payload[start : start + take]
+        filled += take
+    if filled < need:
+        raise CodecError("interleaved blocks hold fewer bytes than their array")
+    return out
