@@ -69,6 +69,8 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     x = _matrix(x)
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise ValueError(f"bits must be 2..8, not {bits}")
+    if not symmetric and bits == 8:
+        raise ValueError("asymmetric codes span [0, 2**bits - 1]: at most 7 bits fit an int8")
     if group < 1:
         raise ValueError(f"group must be positive, not {group}")
     if axis not in AXES:

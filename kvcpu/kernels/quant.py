@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ._flags import inline, parallel_kernel, parallel_reduction_kernel
+from ._flags import inline, parallel_kernel
 from .f16 import float_to_half, half_to_float
 from .hadamard import fwht_segment
 
@@ -40,7 +40,8 @@ def store(a, i, j, v):
 def _store_impl(a, i, j, v):
     if a.dtype == types.uint16:
         def impl(a, i, j, v):
-            a[i, j] = float_to_half(v)
+            # Saturate: a code times a scale rounded up may pass the largest half, 65504.
+            a[i, j] = float_to_half(min(max(v, np.float32(-65504.0)), np.float32(65504.0)))
         return impl
 
     def impl_float(a, i, j, v):

@@ -1,0 +1,72 @@
+"""Plain NumPy references for every kernel: slow, obvious, and independent of Numba."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def half_to_float(bits: np.ndarray) -> np.ndarray:
+    return bits.view(np.float16).astype(np.float32)
+
+
+def float_to_half(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x.astype(np.float32).astype(np.float16).view(np.uint16)
+
+
+def _f16(v) -> np.float32:
+    """A float32 value rounded to half and back."""
+    return np.float32(np.float16(np.float32(v)))
+
+
+def quantize_groups(x: np.ndarray, group: int, qmax: int, symmetric: bool):
+    """x: (n, e) float32, groups along axis 1. Returns q int8, scale and zero as half bits."""
+    n, e = x.shape
+    ng = -(-e // group)
+    q = np.zeros((n, e), np.int8)
+    scale = np.zeros((n, ng), np.uint16)
+    zero = np.zeros((n, ng), np.uint16)
+    for i in range(n):
+        for g in range(ng):
+            seg = x[i, g * group : (g + 1) * group]
+            lo, hi = np.float32(seg.min()), np.float32(seg.max())
+            if symmetric:
+                s = _f16(np.float64(max(abs(lo), abs(hi))) / qmax)
+                z = np.float32(0)
+            else:
+                s = _f16(np.float64(np.float32(hi - lo)) / qmax)
+                z = _f16(lo)
+            inv = np.float32(1) / s if s > 0 else np.float32(0)
+            codes = np.rint((seg - z) * inv)
+            q[i, g * group : (g + 1) * group] = np.clip(codes, -qmax if symmetric else 0, qmax)
+            scale[i, g] = np.float16(s).view(np.uint16)
+            zero[i, g] = np.float16(z).view(np.uint16)
+    return q, scale, zero
+
+
+def dequantize_groups(q, scale, zero, group):
+    """Inverse of quantize_groups, in float32."""
+    s = np.repeat(half_to_float(scale), group, axis=1)[:, : q.shape[1]]
+    z = np.repeat(half_to_float(zero), group, axis=1)[:, : q.shape[1]]
+    return q.astype(np.float32) * s + z
+
+
+def hadamard(d: int) -> np.ndarray:
+    """The orthonormal Sylvester Hadamard matrix of order d (a power of two)."""
+    h = np.ones((1, 1))
+    while h.shape[0] < d:
+        h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(d)
+
+
+def rotate(x: np.ndarray, head_dim: int) -> np.ndarray:
+    """x: (n, e) float -> every head of head_dim channels multiplied by the Hadamard matrix."""
+    n, e = x.shape
+    return (x.reshape(n, e // head_dim, head_dim).astype(np.float64) @ hadamard(head_dim)).reshape(n, e)
+
+
+def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    u = (q.astype(np.int16) + offset).astype(np.uint8)
+    if u.shape[1] % 2:
+        u = np.concatenate([u, np.zeros((u.shape[0], 1), np.uint8)], axis=1)
+    return (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)

@@ -1,0 +1,198 @@
+"""Every kernel against its NumPy reference, over hypothesis-drawn shapes and values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from kvcpu import kernels as K
+
+HALF_MAX = 65504.0
+finite_halves = st.floats(width=16, allow_nan=False, allow_infinity=False)
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+@st.composite
+def half_matrices(draw, max_side=40):
+    n = draw(st.integers(1, max_side))
+    e = draw(st.integers(1, max_side))
+    kind = draw(st.sampled_from(["any", "zeros", "constant", "extreme", "normal"]))
+    if kind == "zeros":
+        x = np.zeros((n, e), np.float16)
+    elif kind == "constant":
+        x = np.full((n, e), draw(finite_halves), np.float16)
+    elif kind == "extreme":
+        x = draw(arrays(np.float16, (n, e), elements=st.sampled_from([HALF_MAX, -HALF_MAX, 0.0, 6e-8, -6e-8])))
+    elif kind == "normal":
+        seed = draw(st.integers(0, 2**32 - 1))
+        scale = draw(st.sampled_from([1e-3, 1.0, 30.0]))
+        x = (np.random.default_rng(seed).standard_normal((n, e)) * scale).astype(np.float16)
+    else:
+        x = draw(arrays(np.float16, (n, e), elements=finite_halves))
+    return x.view(np.uint16)
+
+
+# -- f16 bits ----------------------------------------------------------------------------------
+
+def test_every_half_converts_exactly():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got, want = K.half_bits_to_float32(bits), ref.half_to_float(bits)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))  # signed zeros too
+    assert np.isnan(got[nan]).all()
+
+
+@SETTINGS
+@given(arrays(np.float32, st.integers(1, 300), elements=st.floats(width=32, allow_nan=False)))
+def test_float_to_half_rounds_like_numpy(x):
+    np.testing.assert_array_equal(K.float32_to_half_bits(x), ref.float_to_half(x))
+
+
+def test_float_to_half_edges():
+    x = np.array([0.0, -0.0, 65504, 65519.99, 65520, -65520, 1e9, 2.98e-8, 2.99e-8, 5.96e-8, 6.1e-5,
+                  np.inf, -np.inf, 1 + 2**-11, 1 + 3 * 2**-11], np.float32)
+    np.testing.assert_array_equal(K.float32_to_half_bits(x), ref.float_to_half(x))
+    assert np.isnan(K.half_bits_to_float32(K.float32_to_half_bits(np.array([np.nan], np.float32))))[0]
+
+
+def test_nonfinite_are_counted():
+    x = np.array([1.0, np.inf, -np.inf, np.nan, 65504, 0], np.float16).view(np.uint16)
+    assert K.count_nonfinite_half(x) == 3
+    assert K.count_nonfinite_half(np.zeros((0,), np.uint16)) == 0
+
+
+# -- group quantization --------------------------------------------------------------------------
+
+def _bound(x32, scale, zero, group, axis, decoded):
+    """The proven per-value bound: half a step, the f16 rounding of the zero point and of the
+    output, and the subnormal floor where a tiny scale rounds to zero."""
+    s = K.half_bits_to_float32(scale)
+    z = np.abs(K.half_bits_to_float32(zero)) if zero is not None else 0 * s
+    if axis == "token":
+        s, z = (np.repeat(a, group, axis=1)[:, : x32.shape[1]] for a in (s, z))
+    else:
+        s, z = (np.repeat(a, group, axis=0)[: x32.shape[0]] for a in (s, z))
+    return 0.5 * s * (1 + 2**-8) + z * 2**-10 + np.abs(decoded) * 2**-10 + 127 * 2**-24
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, True), (4, False), (7, False), (2, False)])
+@SETTINGS
+@given(x=half_matrices(), group=st.sampled_from([1, 3, 8, 32, 64]))
+def test_per_token_groups_match_the_reference(x, group, bits, symmetric):
+    x32 = ref.half_to_float(x)
+    qz = K.quantize(x, bits=bits, group=group, axis="token", symmetric=symmetric)
+    q, scale, zero = ref.quantize_groups(x32, group, K.qmax(bits, symmetric), symmetric)
+    np.testing.assert_array_equal(qz.q, q)
+    np.testing.assert_array_equal(qz.scale, scale)
+    if not symmetric:  # compared as values: the minimum of -0.0 and 0.0 may be either
+        np.testing.assert_array_equal(K.half_bits_to_float32(qz.zero), ref.half_to_float(zero))
+    decoded = K.half_bits_to_float32(K.dequantize(qz))
+    want = np.clip(ref.dequantize_groups(q, scale, zero, group), -HALF_MAX, HALF_MAX)
+    np.testing.assert_allclose(decoded, want, rtol=2**-10, atol=2**-24)
+    assert np.all(np.abs(decoded - x32) <= _bound(x32, qz.scale, qz.zero, group, "token", decoded))
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False)])
+@SETTINGS
+@given(x=half_matrices(), group=st.sampled_from([1, 5, 16, 32]))
+def test_per_channel_groups_match_the_reference(x, group, bits, symmetric):
+    """Per-channel groups are per-token groups of the transpose."""
+    x32 = ref.half_to_float(x)
+    qz = K.quantize(x, bits=bits, group=group, axis="channel", symmetric=symmetric)
+    q, scale, zero = ref.quantize_groups(np.ascontiguousarray(x32.T), group, K.qmax(bits, symmetric), symmetric)
+    np.testing.assert_array_equal(qz.q, q.T)
+    np.testing.assert_array_equal(qz.scale, scale.T)
+    decoded = K.half_bits_to_float32(K.dequantize(qz))
+    assert np.all(np.abs(decoded - x32) <= _bound(x32, qz.scale, qz.zero, group, "channel", decoded))
+
+
+@SETTINGS
+@given(x=half_matrices(), group=st.sampled_from([2, 4, 16]), data=st.data())
+def test_partial_dequantize_is_a_prefix(x, group, data):
+    for axis in K.AXES:
+        qz = K.quantize(x, bits=8, group=group, axis=axis)
+        full = K.dequantize(qz)
+        rows = data.draw(st.integers(0, x.shape[0]))
+        if axis == "channel" and rows % group and rows != x.shape[0]:
+            with pytest.raises(ValueError, match="cuts a group"):
+                K.dequantize(qz, n_rows=rows)
+            continue
+        np.testing.assert_array_equal(K.dequantize(qz, n_rows=rows), full[:rows])
+
+
+def test_float32_inputs_and_outputs():
+    x = np.random.default_rng(3).standard_normal((9, 70)).astype(np.float32)
+    qz = K.quantize(x, bits=8, group=32)
+    q, scale, _ = ref.quantize_groups(x, 32, 127, True)
+    np.testing.assert_array_equal(qz.q, q)
+    out = K.dequantize(qz, np.float32)
+    assert out.dtype == np.float32 and np.abs(out - x).max() <= K.half_bits_to_float32(scale).max() / 2 * 1.01
+
+
+def test_bad_arguments_are_refused():
+    x = np.zeros((4, 8), np.uint16)
+    with pytest.raises(TypeError):
+        K.quantize(np.zeros((4, 8), np.float64))
+    with pytest.raises(ValueError):
+        K.quantize(x, bits=9)
+    with pytest.raises(ValueError, match="int8"):
+        K.quantize(x, bits=8, symmetric=False)
+    with pytest.raises(ValueError):
+        K.quantize(x, axis="diagonal")
+    with pytest.raises(ValueError):
+        K.quantize(x, head_dim=3)
+    with pytest.raises(ValueError):
+        K.quantize(x, axis="channel", head_dim=4)
+
+
+# -- rotation ------------------------------------------------------------------------------------
+
+@SETTINGS
+@given(n=st.integers(1, 20), heads=st.integers(1, 4), log_d=st.integers(0, 7), seed=st.integers(0, 1000))
+def test_hadamard_matches_the_matrix_and_inverts_itself(n, heads, log_d, seed):
+    d = 1 << log_d
+    x = np.random.default_rng(seed).standard_normal((n, heads * d)).astype(np.float32)
+    y = K.hadamard_rows(x, d)
+    np.testing.assert_allclose(y, ref.rotate(x, d), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(K.hadamard_rows(y, d), x, rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(x=half_matrices(), log_d=st.integers(0, 3))
+def test_rotated_quantization_is_within_the_bound_after_rotating_back(x, log_d):
+    d = 1 << log_d
+    if x.shape[1] % d:
+        x = x[:, : x.shape[1] - x.shape[1] % d] if x.shape[1] >= d else np.zeros((x.shape[0], d), np.uint16)
+    x32 = ref.half_to_float(x).astype(np.float64)
+    if np.abs(x32).max() * np.sqrt(d) >= HALF_MAX:
+        return  # a rotation may leave half's range; codecs quantize in float32 there, not in half
+    qz = K.quantize(x, bits=8, group=d, head_dim=d)
+    decoded = K.half_bits_to_float32(K.dequantize(qz)).astype(np.float64)
+    rotated = ref.rotate(x32, d)
+    step = np.repeat(K.half_bits_to_float32(qz.scale), d, axis=1)
+    # The rotation is orthonormal: the error of a head is at most the norm of its step errors.
+    err = np.linalg.norm((decoded - x32).reshape(len(x32), -1, d), axis=2)
+    bound = np.linalg.norm((0.5 * step * (1 + 2**-8) + np.abs(rotated) * 2**-10 + 127 * 2**-24).reshape(len(x32), -1, d),
+                           axis=2) + np.linalg.norm(np.abs(decoded).reshape(len(x32), -1, d), axis=2) * 2**-10
+    assert np.all(err <= bound + 1e-6)
+
+
+# -- packing and layout transforms ---------------------------------------------------------------
+
+@SETTINGS
+@given(n=st.integers(0, 30), e=st.integers(1, 31), offset=st.sampled_from([0, 8]), seed=st.integers(0, 99))
+def test_nibbles_pack_and_unpack_exactly(n, e, offset, seed):
+    q = np.random.default_rng(seed).integers(-offset, 16 - offset, size=(n, e)).astype(np.int8)
+    packed = K.pack_nibbles(q, offset)
+    np.testing.assert_array_equal(packed, ref.pack_nibbles(q, offset))
+    np.testing.assert_array_equal(K.unpack_nibbles(packed, e, offset), q)
+
+
+@SETTINGS
+@given(arrays(np.uint16, st.tuples(st.integers(0, 150), st.integers(0, 150))))
+def test_transpose_is_exact(x):
+    np.testing.assert_array_equal(K.transpose(x), x.T)
