@@ -176,8 +176,9 @@ def test_rotated_quantization_is_within_the_bound_after_rotating_back(x, log_d):
     step = np.repeat(K.half_bits_to_float32(qz.scale), d, axis=1)
     # The rotation is orthonormal: the error of a head is at most the norm of its step errors.
     err = np.linalg.norm((decoded - x32).reshape(len(x32), -1, d), axis=2)
-    bound = np.linalg.norm((0.5 * step * (1 + 2**-8) + np.abs(rotated) * 2**-10 + 127 * 2**-24).reshape(len(x32), -1, d),
-                           axis=2) + np.linalg.norm(np.abs(decoded).reshape(len(x32), -1, d), axis=2) * 2**-10
+    per_value = 0.5 * step * (1 + 2**-8) + np.abs(rotated) * 2**-10 + 127 * 2**-24
+    bound = (np.linalg.norm(per_value.reshape(len(x32), -1, d), axis=2)
+             + np.linalg.norm(np.abs(decoded).reshape(len(x32), -1, d), axis=2) * 2**-10)
     assert np.all(err <= bound + 1e-6)
 
 

@@ -53,28 +53,31 @@ def half_to_float(h):
 
 @inline
 def float_to_half(x):
-    """float32 -> uint16 half bits, rounding to nearest even (NumPy's algorithm), overflow to inf."""
+    """float32 -> uint16 half bits, rounding to nearest even (NumPy's algorithm), overflow to inf.
+
+    Every case is computed and the right one selected, without branches, so loops vectorize.
+    """
     f = _f32_as_u32(np.float32(x))
-    sign = (f & np.uint32(0x80000000)) >> np.uint32(16)
-    fexp = f & np.uint32(0x7F800000)
-    if fexp >= np.uint32(0x47800000):  # overflow, inf or NaN
-        if fexp == np.uint32(0x7F800000) and (f & np.uint32(0x007FFFFF)) != 0:
-            return np.uint16(sign | np.uint32(0x7E00) | ((f & np.uint32(0x007FFFFF)) >> np.uint32(13)))
-        return np.uint16(sign | np.uint32(0x7C00))
-    if fexp <= np.uint32(0x38000000):  # subnormal half, or zero
-        if fexp < np.uint32(0x33000000):
-            return np.uint16(sign)
-        e = fexp >> np.uint32(23)
-        sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
-        sig >>= np.uint32(113) - e
-        if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000) or (f & np.uint32(0x07FF)) != 0:
-            sig += np.uint32(0x1000)
-        return np.uint16(sign + (sig >> np.uint32(13)))
-    hexp = (fexp - np.uint32(0x38000000)) >> np.uint32(13)
-    sig = f & np.uint32(0x007FFFFF)
-    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
-        sig += np.uint32(0x1000)
-    return np.uint16(sign + hexp + (sig >> np.uint32(13)))  # a rounding carry bumps the exponent
+    sign = (f >> np.uint32(16)) & np.uint32(0x8000)
+    a = f & np.uint32(0x7FFFFFFF)
+    fexp = a & np.uint32(0x7F800000)
+    sig = a & np.uint32(0x007FFFFF)
+    # Normal halves: rebias the exponent, round the mantissa to 10 bits (ties to even); a
+    # rounding carry runs into the exponent, which is right, up to inf.
+    up = np.uint32((sig & np.uint32(0x3FFF)) != np.uint32(0x1000)) * np.uint32(0x1000)
+    normal = ((fexp - np.uint32(0x38000000)) >> np.uint32(13)) + ((sig + up) >> np.uint32(13))
+    # Subnormal halves: shift the full significand right by 1..11 more bits, then round.
+    shift = np.uint32(min(max(113 - np.int32(fexp >> np.uint32(23)), 0), 31))
+    ssig = (np.uint32(0x00800000) + sig) >> shift
+    sticky = ((ssig & np.uint32(0x3FFF)) != np.uint32(0x1000)) | ((f & np.uint32(0x07FF)) != 0)
+    sub = (ssig + np.uint32(sticky) * np.uint32(0x1000)) >> np.uint32(13)
+    nan = np.uint32(0x7E00) | (sig >> np.uint32(13))
+    res = normal
+    res = sub if fexp <= np.uint32(0x38000000) else res
+    res = np.uint32(0) if fexp < np.uint32(0x33000000) else res
+    res = np.uint32(0x7C00) if fexp >= np.uint32(0x47800000) else res
+    res = nan if a > np.uint32(0x7F800000) else res
+    return np.uint16(sign | res)
 
 
 @parallel_kernel

@@ -16,7 +16,6 @@ from numba.extending import overload
 
 from ._flags import inline, parallel_kernel
 from .f16 import float_to_half, half_to_float
-from .hadamard import fwht_segment
 
 
 def load(v):
@@ -63,28 +62,6 @@ def _params(lo_val, hi_val, qmax, symmetric):
 
 
 @inline
-def _minmax(row, lo, hi):
-    """(min, max) of row[lo:hi], over four independent chains: one chain is latency-bound."""
-    a0 = b0 = a1 = b1 = a2 = b2 = a3 = b3 = row[lo]
-    j = lo
-    while j + 4 <= hi:
-        a0 = min(a0, row[j])
-        b0 = max(b0, row[j])
-        a1 = min(a1, row[j + 1])
-        b1 = max(b1, row[j + 1])
-        a2 = min(a2, row[j + 2])
-        b2 = max(b2, row[j + 2])
-        a3 = min(a3, row[j + 3])
-        b3 = max(b3, row[j + 3])
-        j += 4
-    while j < hi:
-        a0 = min(a0, row[j])
-        b0 = max(b0, row[j])
-        j += 1
-    return min(min(a0, a1), min(a2, a3)), max(max(b0, b1), max(b2, b3))
-
-
-@inline
 def _inverse(s):
     return np.float32(1.0) / s if s > 0 else np.float32(0.0)
 
@@ -95,7 +72,28 @@ def _code(x, inv, z, lo, qmax):
     return np.int8(min(max(np.rint((x - z) * inv), np.float32(lo)), np.float32(qmax)))
 
 
-_CHUNK = 32  # rows per parallel task: one scratch row serves them all
+_LANES = 32  # tokens per tile: a tile is (e, _LANES) float32, channel-major, so that every
+# loop below runs across tokens in its innermost dimension and vectorizes (per-group loops
+# of 32 channels along a row did not), Hadamard stages included.
+
+
+@inline
+def _fwht_tile(t, start, d, m):
+    """Rotate channels start..start+d of every token (lane) of tile t (e, lanes), in place."""
+    h = 1
+    while h < d:
+        for base in range(start, start + d, 2 * h):
+            for j in range(base, base + h):
+                for i in range(m):
+                    a = t[j, i]
+                    b = t[j + h, i]
+                    t[j, i] = a + b
+                    t[j + h, i] = a - b
+        h *= 2
+    norm = np.float32(1.0 / np.sqrt(d))
+    for j in range(start, start + d):
+        for i in range(m):
+            t[j, i] *= norm
 
 
 @parallel_kernel
@@ -107,34 +105,41 @@ def _quantize_rows(src, group, qmax, symmetric, head_dim, q, scale, zero):
     n, e = src.shape
     n_groups = (e + group - 1) // group
     lo_code = -qmax if symmetric else 0
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        # Per-channel copies of each group's inverse scale and zero let the coding loop run
-        # the full row length, which vectorizes; per-group loops of 32 did not.
-        r0 = c * _CHUNK
-        r1 = min(r0 + _CHUNK, n)
-        block = np.empty((r1 - r0, e), np.float32)
-        for i in range(r0, r1):
+    for c in prange((n + _LANES - 1) // _LANES):
+        r0 = c * _LANES
+        m = min(_LANES, n - r0)
+        t = np.empty((e, _LANES), np.float32)
+        qt = np.empty((e, _LANES), np.int8)
+        for i in range(m):
             for j in range(e):
-                block[i - r0, j] = load(src[i, j])
-        inv = np.empty(e, np.float32)
-        zs = np.empty(e, np.float32)
-        for i in range(r0, r1):
-            row = block[i - r0]
-            if head_dim > 0:
-                for start in range(0, e, head_dim):
-                    fwht_segment(row, start, head_dim)
-            for g in range(n_groups):
-                lo = g * group
-                hi = min(lo + group, e)
-                mn, mx = _minmax(row, lo, hi)
-                s, z, scale[i, g], zero[i, g] = _params(mn, mx, qmax, symmetric)
-                r = _inverse(s)
-                for j in range(lo, hi):
-                    inv[j] = r
-                    zs[j] = z
-            qi = q[i]
+                t[j, i] = load(src[r0 + i, j])
+        if head_dim > 0:
+            for start in range(0, e, head_dim):
+                _fwht_tile(t, start, head_dim, m)
+        mn = np.empty(_LANES, np.float32)
+        mx = np.empty(_LANES, np.float32)
+        inv = np.empty(_LANES, np.float32)
+        zz = np.empty(_LANES, np.float32)
+        for g in range(n_groups):
+            lo = g * group
+            hi = min(lo + group, e)
+            for i in range(m):
+                mn[i] = t[lo, i]
+                mx[i] = t[lo, i]
+            for j in range(lo + 1, hi):
+                for i in range(m):
+                    mn[i] = min(mn[i], t[j, i])
+                    mx[i] = max(mx[i], t[j, i])
+            for i in range(m):
+                s, z, scale[r0 + i, g], zero[r0 + i, g] = _params(mn[i], mx[i], qmax, symmetric)
+                inv[i] = _inverse(s)
+                zz[i] = z
+            for j in range(lo, hi):
+                for i in range(m):
+                    qt[j, i] = _code(t[j, i], inv[i], zz[i], lo_code, qmax)
+        for i in range(m):
             for j in range(e):
-                qi[j] = _code(row[j], inv[j], zs[j], lo_code, qmax)
+                q[r0 + i, j] = qt[j, i]
 
 
 @parallel_kernel
@@ -142,24 +147,29 @@ def _dequantize_rows(q, scale, zero, group, head_dim, dst):
     """Inverse of _quantize_rows. dst: (n, e) uint16 (half bits) or float32."""
     n, e = q.shape
     n_groups = (e + group - 1) // group
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        row = np.empty(e, np.float32)
-        ss = np.empty(e, np.float32)
-        zs = np.empty(e, np.float32)
-        for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
-            for g in range(n_groups):
-                s = half_to_float(scale[i, g])
-                z = half_to_float(zero[i, g])
-                for j in range(g * group, min(g * group + group, e)):
-                    ss[j] = s
-                    zs[j] = z
+    for c in prange((n + _LANES - 1) // _LANES):
+        r0 = c * _LANES
+        m = min(_LANES, n - r0)
+        t = np.empty((e, _LANES), np.float32)
+        s = np.empty(_LANES, np.float32)
+        z = np.empty(_LANES, np.float32)
+        for g in range(n_groups):
+            for i in range(m):
+                s[i] = half_to_float(scale[r0 + i, g])
+                z[i] = half_to_float(zero[r0 + i, g])
+            for j in range(g * group, min(g * group + group, e)):
+                for i in range(m):
+                    t[j, i] = np.float32(q[r0 + i, j]) * s[i] + z[i]
+        if head_dim > 0:
+            for start in range(0, e, head_dim):
+                _fwht_tile(t, start, head_dim, m)
+        out = np.empty((e, _LANES), dst.dtype)  # convert across lanes (vectorizes), then transpose
+        for j in range(e):
+            for i in range(m):
+                store(out, j, i, t[j, i])
+        for i in range(m):
             for j in range(e):
-                row[j] = np.float32(q[i, j]) * ss[j] + zs[j]
-            if head_dim > 0:
-                for start in range(0, e, head_dim):
-                    fwht_segment(row, start, head_dim)
-            for j in range(e):
-                store(dst, i, j, row[j])
+                dst[r0 + i, j] = out[j, i]
 
 
 @parallel_kernel

@@ -1,0 +1,131 @@
+"""Kernel and layout throughput: GB/s of f16 input, against NumPy, gguf-py and a plain copy.
+
+    python bench/kernels.py [--tokens 2000] [--repeat 7]
+
+Input: the K and V of a real SmolLM2 state (30 layers x 2 x tokens x 192 f16 values).
+All rows are measured in one run, side by side; each figure is the median of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import gguf
+import numpy as np
+from _common import RESULTS, markdown_table, median_of, write_results
+from _state import real_state
+from gguf import quants
+
+from kvcpu import codec
+from kvcpu import kernels as K
+from kvcpu.layout import LAYOUTS
+
+
+def numpy_int8_per_token(x16: np.ndarray, group: int = 32):
+    """A vectorized NumPy int8 quantizer (the obvious way), same groups as the kernel."""
+    x = x16.astype(np.float32).reshape(x16.shape[0], -1, group)
+    s = (np.abs(x).max(axis=2, keepdims=True) / 127).astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint(x / np.where(s > 0, s, 1)), -127, 127).astype(np.int8)
+    return q, s
+
+
+def numpy_int8_dequant(q, s):
+    return (q.astype(np.float32) * s).astype(np.float16)
+
+
+def kernel_rows(m: np.ndarray, repeat: int) -> list[dict]:
+    """m: (n, e) uint16 half bits."""
+    nbytes = m.nbytes
+    x32 = K.half_bits_to_float32(m)
+    x16 = m.view(np.float16)
+    cases = [
+        ("int8 per-token groups", dict(bits=8, axis="token")),
+        ("int8 per-channel groups", dict(bits=8, axis="channel")),
+        ("int4 asym per-channel (+pack)", dict(bits=4, axis="channel", symmetric=False)),
+        ("int4 sym per-token (+pack)", dict(bits=4, axis="token")),
+        ("int4 Hadamard-rotated (+pack)", dict(bits=4, axis="token", head_dim=64)),
+    ]
+    rows = []
+    for label, kw in cases:
+        qz = K.quantize(m, **kw)
+        enc = lambda: K.pack_nibbles(K.quantize(m, **kw).q, 8) if kw["bits"] == 4 else K.quantize(m, **kw)
+        dec = (lambda: K.dequantize(K.Quantized(K.unpack_nibbles(packed, m.shape[1], 8), qz.scale, qz.zero,
+                                                qz.bits, qz.group, qz.axis, qz.head_dim)))
+        packed = K.pack_nibbles(qz.q, 8)
+        if kw["bits"] == 8:
+            dec = lambda: K.dequantize(qz)
+        rows.append(_row("kvcpu", label, nbytes, median_of(enc, repeat), median_of(dec, repeat)))
+    q, s = numpy_int8_per_token(x16)
+    rows.append(_row("NumPy", "int8 per-token groups (vectorized)", nbytes,
+                     median_of(lambda: numpy_int8_per_token(x16), repeat),
+                     median_of(lambda: numpy_int8_dequant(q, s), repeat)))
+    for name, qtype in (("Q8_0", gguf.GGMLQuantizationType.Q8_0), ("Q4_0", gguf.GGMLQuantizationType.Q4_0)):
+        blob = quants.quantize(x32, qtype)
+        rows.append(_row("gguf-py", f"{name} (float32 input)", nbytes,
+                         median_of(lambda: quants.quantize(x32, qtype), max(2, repeat // 3)),
+                         median_of(lambda: quants.dequantize(blob, qtype), max(2, repeat // 3))))
+    out = np.empty_like(m)
+    rows.append(_row("ceiling", "numpy.copyto", nbytes, median_of(lambda: np.copyto(out, m), repeat),
+                     median_of(lambda: np.copyto(out, m), repeat)))
+    rows.append(_row("kvcpu", "f16 bits -> float32", nbytes, median_of(lambda: K.half_bits_to_float32(m), repeat),
+                     median_of(lambda: K.float32_to_half_bits(x32), repeat)))
+    rows.append(_row("kvcpu", "transpose (n, e) <-> (e, n)", nbytes, median_of(lambda: K.transpose(m), repeat),
+                     median_of(lambda: K.transpose(m), repeat)))
+    return rows
+
+
+def _row(impl, what, nbytes, enc_s, dec_s):
+    return {"impl": impl, "kernel": what, "encode_gbs": nbytes / enc_s / 1e9, "decode_gbs": nbytes / dec_s / 1e9,
+            "encode_ms": enc_s * 1e3, "decode_ms": dec_s * 1e3}
+
+
+def layout_rows(state, repeat: int) -> list[dict]:
+    """Whole-state encode, full decode and a 25% prefix decode, per codec and layout."""
+    rows = []
+    quarter = state.n_tokens // 4
+    for name in ("int8", "int4", "int4-rot"):
+        for layout in LAYOUTS:
+            c = codec(name)
+            packed = c.encode(state, layout=layout)
+            packed.decode(quarter)
+            rows.append({
+                "codec": name, "layout": layout, "ratio": packed.ratio(),
+                "encode_ms": median_of(lambda: c.encode(state, layout=layout), repeat) * 1e3,
+                "decode_ms": median_of(lambda: packed.decode(), repeat) * 1e3,
+                "prefix_decode_ms": median_of(lambda: packed.decode(quarter), repeat) * 1e3,
+            })
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tokens", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = real_state(args.model, args.tokens, RESULTS / ".cache" if args.tokens == 2000 else tmp)
+    tensors = [t for *_, t in state.tensors()]
+    m = np.ascontiguousarray(np.concatenate([t.rows() for t in tensors])).view(np.uint16)
+    krows = kernel_rows(m, args.repeat)
+    lrows = layout_rows(state, args.repeat)
+    gguf_q8 = next(r for r in krows if r["kernel"].startswith("Q8_0"))
+    for r in krows:
+        r["encode_vs_gguf_q8"] = r["encode_gbs"] / gguf_q8["encode_gbs"]
+        r["decode_vs_gguf_q8"] = r["decode_gbs"] / gguf_q8["decode_gbs"]
+    md = (f"Kernels on the K and V of a real {args.tokens}-token SmolLM2 state ({m.nbytes / 1e6:.0f} MB of f16):\n\n"
+          + markdown_table([("impl|impl", "s"), ("kernel|kernel", "s"), ("encode_gbs|encode GB/s", ".2f"),
+                            ("decode_gbs|decode GB/s", ".2f"), ("encode_vs_gguf_q8|encode vs gguf Q8_0", ".0f"),
+                            ("decode_vs_gguf_q8|decode vs gguf Q8_0", ".1f")], krows)
+          + f"\n\nWhole-state codecs by layout ({args.tokens} tokens; prefix decode = the first quarter):\n\n"
+          + markdown_table([("codec|codec", "s"), ("layout|layout", "s"), ("ratio|ratio", ".2f"),
+                            ("encode_ms|encode ms", ".1f"), ("decode_ms|decode ms", ".1f"),
+                            ("prefix_decode_ms|prefix decode ms", ".1f")], lrows))
+    cmd = "python bench/kernels.py" + ("" if args.tokens == 2000 else f" --tokens {args.tokens}")
+    write_results("kernels", {"tokens": args.tokens, "input_bytes": m.nbytes, "kernels": krows, "layouts": lrows},
+                  md, cmd)
+
+
+if __name__ == "__main__":
+    main()
