@@ -34,45 +34,58 @@ def numpy_int8_dequant(q, s):
     return (q.astype(np.float32) * s).astype(np.float16)
 
 
+def _quant_pair(m: np.ndarray, kw: dict):
+    """(encode, decode) callables for one kernel configuration; 4-bit codes are packed."""
+    qz = K.quantize(m, **kw)
+    if kw["bits"] == 8:
+        return (lambda: K.quantize(m, **kw)), (lambda: K.dequantize(qz))
+    offset = 0 if kw.get("symmetric") is False else 8
+    packed = K.pack_nibbles(qz.q, offset)
+
+    def encode():
+        return K.pack_nibbles(K.quantize(m, **kw).q, offset)
+
+    def decode():
+        q = K.unpack_nibbles(packed, m.shape[1], offset)
+        return K.dequantize(K.Quantized(q, qz.scale, qz.zero, qz.bits, qz.group, qz.axis, qz.head_dim))
+
+    return encode, decode
+
+
+def _gguf_pair(x32: np.ndarray, qtype):
+    blob = quants.quantize(x32, qtype)
+    return (lambda: quants.quantize(x32, qtype)), (lambda: quants.dequantize(blob, qtype))
+
+
+KERNEL_CASES = [
+    ("int8 per-token groups", dict(bits=8, axis="token")),
+    ("int8 per-channel groups", dict(bits=8, axis="channel")),
+    ("int4 asym per-channel (+pack)", dict(bits=4, axis="channel", symmetric=False)),
+    ("int4 sym per-token (+pack)", dict(bits=4, axis="token")),
+    ("int4 Hadamard-rotated (+pack)", dict(bits=4, axis="token", head_dim=64)),
+]
+
+
 def kernel_rows(m: np.ndarray, repeat: int) -> list[dict]:
-    """m: (n, e) uint16 half bits."""
+    """m: (n, e) uint16 half bits. Every row is timed in this one run."""
     nbytes = m.nbytes
     x32 = K.half_bits_to_float32(m)
     x16 = m.view(np.float16)
-    cases = [
-        ("int8 per-token groups", dict(bits=8, axis="token")),
-        ("int8 per-channel groups", dict(bits=8, axis="channel")),
-        ("int4 asym per-channel (+pack)", dict(bits=4, axis="channel", symmetric=False)),
-        ("int4 sym per-token (+pack)", dict(bits=4, axis="token")),
-        ("int4 Hadamard-rotated (+pack)", dict(bits=4, axis="token", head_dim=64)),
-    ]
-    rows = []
-    for label, kw in cases:
-        qz = K.quantize(m, **kw)
-        enc = lambda: K.pack_nibbles(K.quantize(m, **kw).q, 8) if kw["bits"] == 4 else K.quantize(m, **kw)
-        dec = (lambda: K.dequantize(K.Quantized(K.unpack_nibbles(packed, m.shape[1], 8), qz.scale, qz.zero,
-                                                qz.bits, qz.group, qz.axis, qz.head_dim)))
-        packed = K.pack_nibbles(qz.q, 8)
-        if kw["bits"] == 8:
-            dec = lambda: K.dequantize(qz)
-        rows.append(_row("kvcpu", label, nbytes, median_of(enc, repeat), median_of(dec, repeat)))
+    pairs = [("kvcpu", label, _quant_pair(m, kw), repeat) for label, kw in KERNEL_CASES]
     q, s = numpy_int8_per_token(x16)
-    rows.append(_row("NumPy", "int8 per-token groups (vectorized)", nbytes,
-                     median_of(lambda: numpy_int8_per_token(x16), repeat),
-                     median_of(lambda: numpy_int8_dequant(q, s), repeat)))
+    pairs.append(("NumPy", "int8 per-token groups (vectorized)",
+                  ((lambda: numpy_int8_per_token(x16)), (lambda: numpy_int8_dequant(q, s))), repeat))
     for name, qtype in (("Q8_0", gguf.GGMLQuantizationType.Q8_0), ("Q4_0", gguf.GGMLQuantizationType.Q4_0)):
-        blob = quants.quantize(x32, qtype)
-        rows.append(_row("gguf-py", f"{name} (float32 input)", nbytes,
-                         median_of(lambda: quants.quantize(x32, qtype), max(2, repeat // 3)),
-                         median_of(lambda: quants.dequantize(blob, qtype), max(2, repeat // 3))))
+        pairs.append(("gguf-py", f"{name} (float32 input)", _gguf_pair(x32, qtype), max(2, repeat // 3)))
     out = np.empty_like(m)
-    rows.append(_row("ceiling", "numpy.copyto", nbytes, median_of(lambda: np.copyto(out, m), repeat),
-                     median_of(lambda: np.copyto(out, m), repeat)))
-    rows.append(_row("kvcpu", "f16 bits -> float32", nbytes, median_of(lambda: K.half_bits_to_float32(m), repeat),
-                     median_of(lambda: K.float32_to_half_bits(x32), repeat)))
-    rows.append(_row("kvcpu", "transpose (n, e) <-> (e, n)", nbytes, median_of(lambda: K.transpose(m), repeat),
-                     median_of(lambda: K.transpose(m), repeat)))
-    return rows
+    copy = lambda: np.copyto(out, m)
+    pairs += [
+        ("ceiling", "numpy.copyto", (copy, copy), repeat),
+        ("kvcpu", "f16 bits <-> float32", ((lambda: K.half_bits_to_float32(m)), (lambda: K.float32_to_half_bits(x32))),
+         repeat),
+        ("kvcpu", "transpose (n, e) <-> (e, n)", ((lambda: K.transpose(m)),) * 2, repeat),
+    ]
+    return [_row(impl, label, nbytes, median_of(enc, r), median_of(dec, r)) for impl, label, (enc, dec), r in pairs]
 
 
 def _row(impl, what, nbytes, enc_s, dec_s):
@@ -86,16 +99,19 @@ def layout_rows(state, repeat: int) -> list[dict]:
     quarter = state.n_tokens // 4
     for name in ("int8", "int4", "int4-rot"):
         for layout in LAYOUTS:
-            c = codec(name)
-            packed = c.encode(state, layout=layout)
-            packed.decode(quarter)
-            rows.append({
-                "codec": name, "layout": layout, "ratio": packed.ratio(),
-                "encode_ms": median_of(lambda: c.encode(state, layout=layout), repeat) * 1e3,
-                "decode_ms": median_of(lambda: packed.decode(), repeat) * 1e3,
-                "prefix_decode_ms": median_of(lambda: packed.decode(quarter), repeat) * 1e3,
-            })
+            rows.append(_layout_row(codec(name), name, layout, state, quarter, repeat))
     return rows
+
+
+def _layout_row(c, name: str, layout: str, state, quarter: int, repeat: int) -> dict:
+    packed = c.encode(state, layout=layout)
+    packed.decode(quarter)
+    return {
+        "codec": name, "layout": layout, "ratio": packed.ratio(),
+        "encode_ms": median_of(lambda: c.encode(state, layout=layout), repeat) * 1e3,
+        "decode_ms": median_of(packed.decode, repeat) * 1e3,
+        "prefix_decode_ms": median_of(lambda: packed.decode(quarter), repeat) * 1e3,
+    }
 
 
 def main() -> None:

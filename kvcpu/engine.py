@@ -219,10 +219,10 @@ class Engine:
         if seq_id == 0:
             if tokens is None:
                 raise EngineError("the state carries no token ids; pass tokens= to set_state")
-            if len(tokens) != state.n_tokens:
-                raise EngineError(f"{len(tokens)} token ids for a state of {state.n_tokens} cells")
-        if state.n_tokens > self.config.n_ctx:
-            raise EngineError(f"state of {state.n_tokens} tokens does not fit n_ctx={self.config.n_ctx}")
+            if len(tokens) != state.n_positions:
+                raise EngineError(f"{len(tokens)} token ids for a state spanning {state.n_positions} positions")
+        if state.n_positions > self.config.n_ctx:
+            raise EngineError(f"state of {state.n_positions} positions does not fit n_ctx={self.config.n_ctx}")
         data = np.frombuffer(state.to_bytes(), dtype=np.uint8)
         self._memory_seq_rm(seq_id, -1, -1)
         if seq_id == 0:

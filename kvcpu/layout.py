@@ -2,7 +2,7 @@
 
 A codec turns each K or V tensor into named 2-d arrays whose axis 0 runs over tokens
 (`tokens_per_row` tokens per row: 1 for codes and per-token scales, the group size for
-per-channel scales). A layout decides where those arrays sit in one payload buffer, and
+per-channel scales; 0 for an array that no token owns, such as a low-rank basis). A layout decides where those arrays sit in one payload buffer, and
 which of them a partial decode must read.
 
 - aligned: tensor after tensor, every array starting on a 64-byte boundary.
@@ -92,6 +92,8 @@ def pack(spec: LayoutSpec, tensors: list[dict], n_tokens: int) -> tuple[np.ndarr
 
 
 def _rows_in_block(b: int, spec: LayoutSpec, per_row: int, n_rows: int) -> tuple[int, int]:
+    if per_row == 0:  # not indexed by token: the whole array travels with the first block
+        return (0, n_rows) if b == 0 else (n_rows, n_rows)
     start = b * spec.block_tokens // per_row
     return start, min(start + spec.block_tokens // per_row, n_rows)
 
@@ -122,7 +124,7 @@ def unpack(spec: LayoutSpec, payload: np.ndarray, index: list, n_tensors: int,
             dtype = np.dtype(dtype)
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
             rows = shape[0]
-            if n_tokens is not None and spec.blockwise:
+            if n_tokens is not None and spec.blockwise and per_row > 0:
                 covered = -(-n_tokens // spec.block_tokens) * spec.block_tokens
                 rows = min(rows, -(-covered // per_row))
             need = rows * row_bytes

@@ -165,6 +165,16 @@ class KVState:
         return self.blocks[0].n_cells if self.blocks else 0
 
     @property
+    def n_positions(self) -> int:
+        """One past the highest position in the first block: the tokens the cells stand for.
+
+        Equal to n_tokens, unless a codec merged cells (cluster), leaving gaps."""
+        block = self.blocks[0] if self.blocks else None
+        if block is None or not block.n_cells:
+            return 0
+        return max(int(s.positions.max()) for s in block.streams if s is not None) + 1
+
+    @property
     def nbytes(self) -> int:
         """Length of to_bytes(), computed without serializing."""
         return sum(len(p) for p in self._parts())

@@ -65,8 +65,13 @@ def rotate(x: np.ndarray, head_dim: int) -> np.ndarray:
     return (x.reshape(n, e // head_dim, head_dim).astype(np.float64) @ hadamard(head_dim)).reshape(n, e)
 
 
-def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
-    u = (q.astype(np.int16) + offset).astype(np.uint8)
-    if u.shape[1] % 2:
-        u = np.concatenate([u, np.zeros((u.shape[0], 1), np.uint8)], axis=1)
-    return (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)
+def pack_codes(q: np.ndarray, bits: int, offset: int) -> np.ndarray:
+    """8 // bits codes per byte, the first in the lowest bits; a short last byte zero-filled."""
+    per = 8 // bits
+    u = (q.astype(np.int16) + offset).astype(np.uint8) & ((1 << bits) - 1)
+    pad = -u.shape[1] % per
+    u = np.concatenate([u, np.zeros((u.shape[0], pad), np.uint8)], axis=1)
+    out = np.zeros((u.shape[0], u.shape[1] // per), np.uint8)
+    for s in range(per):
+        out |= u[:, s::per] << (s * bits)
+    return out

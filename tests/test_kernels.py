@@ -185,12 +185,16 @@ def test_rotated_quantization_is_within_the_bound_after_rotating_back(x, log_d):
 # -- packing and layout transforms ---------------------------------------------------------------
 
 @SETTINGS
-@given(n=st.integers(0, 30), e=st.integers(1, 31), offset=st.sampled_from([0, 8]), seed=st.integers(0, 99))
-def test_nibbles_pack_and_unpack_exactly(n, e, offset, seed):
-    q = np.random.default_rng(seed).integers(-offset, 16 - offset, size=(n, e)).astype(np.int8)
-    packed = K.pack_nibbles(q, offset)
-    np.testing.assert_array_equal(packed, ref.pack_nibbles(q, offset))
-    np.testing.assert_array_equal(K.unpack_nibbles(packed, e, offset), q)
+@given(n=st.integers(0, 30), e=st.integers(1, 31), bits=st.sampled_from([1, 2, 4]), symmetric=st.booleans(),
+       seed=st.integers(0, 99))
+def test_codes_pack_and_unpack_exactly(n, e, bits, symmetric, seed):
+    offset = (1 << (bits - 1)) if symmetric else 0
+    q = np.random.default_rng(seed).integers(-offset, (1 << bits) - offset, size=(n, e)).astype(np.int8)
+    packed = K.pack_codes(q, bits, offset)
+    np.testing.assert_array_equal(packed, ref.pack_codes(q, bits, offset))
+    np.testing.assert_array_equal(K.unpack_codes(packed, e, bits, offset), q)
+    if bits == 4:
+        np.testing.assert_array_equal(K.unpack_nibbles(K.pack_nibbles(q, offset), e, offset), q)
 
 
 @SETTINGS

@@ -79,7 +79,7 @@ class CompressedKV:
         except (ValueError, IndexError, KeyError, TypeError) as exc:
             raise CodecError(f"{self.codec} payload cannot be decoded: {exc}") from exc
         if self.tokens is not None:
-            state.tokens = np.array(self.tokens[: state.n_tokens], dtype=np.int32)
+            state.tokens = np.array(self.tokens[: state.n_positions], dtype=np.int32)
         return state
 
     @property

@@ -16,7 +16,7 @@ class GroupQuantCodec(TensorCodec):
     """bits-wide codes in groups of `group`; K and V each grouped per token or per channel.
 
     rotate=True applies a Walsh-Hadamard rotation per head of head_dim channels first
-    (per-token groups only). 4-bit codes are packed two to a byte.
+    (per-token groups only). Codes narrower than 8 bits (4 or 2) are packed into bytes.
     """
 
     defaults: dict = {}
@@ -37,7 +37,7 @@ class GroupQuantCodec(TensorCodec):
             raise CodecError(f"group must be positive, not {p['group']}")
         self._p = p
 
-    bits = 8
+    bits = 8  # 8, 4 or 2
 
     @property
     def params(self) -> dict:
@@ -51,7 +51,7 @@ class GroupQuantCodec(TensorCodec):
             group = spec.token_group(group)
         return (_OTHER_AXIS[axis] if spec.channel_major else axis), group
 
-    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> dict:
+    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> tuple[dict, dict]:
         axis, group = self._plan(kind, spec)
         rotate = self._p["rotate"]
         if rotate and spec.channel_major:
@@ -59,18 +59,18 @@ class GroupQuantCodec(TensorCodec):
             axis = "token"
         qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
                               head_dim=int(self._p["head_dim"]) if rotate else 0)
-        codes = kernels.pack_nibbles(qz.q, self._offset) if self.bits == 4 else qz.q
+        codes = kernels.pack_codes(qz.q, self.bits, self._offset) if self.bits < 8 else qz.q
         per_row = group if axis == "channel" and not spec.channel_major else 1
         arrays = {"q": (codes, 1), "scale": (qz.scale, per_row)}
         if qz.zero is not None:
             arrays["zero"] = (qz.zero, per_row)
-        return arrays
+        return arrays, {}
 
     @property
     def _offset(self) -> int:
-        return 8 if self._p["symmetric"] else 0
+        return 1 << (self.bits - 1) if self._p["symmetric"] else 0
 
-    def decode_tensor(self, arrays: dict, kind: str, spec: LayoutSpec, shape, out_dtype) -> np.ndarray:
+    def decode_tensor(self, arrays: dict, kind: str, spec: LayoutSpec, shape, out_dtype, info: dict) -> np.ndarray:
         axis, group = self._plan(kind, spec)
         rotate = self._p["rotate"]
         if rotate:
@@ -79,7 +79,7 @@ class GroupQuantCodec(TensorCodec):
         token_major = rotate or not spec.channel_major
         cols = e if token_major else n
         codes = arrays["q"]
-        q = kernels.unpack_nibbles(codes, cols, self._offset) if self.bits == 4 else codes
+        q = kernels.unpack_codes(codes, cols, self.bits, self._offset) if self.bits < 8 else codes
         qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, axis,
                                int(self._p["head_dim"]) if rotate else 0)
         rows = q.shape[0]

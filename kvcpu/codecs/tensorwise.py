@@ -23,23 +23,28 @@ _CELL_FIELDS = ("positions", "n_seq", "seq_ids")
 class TensorCodec(Codec):
     """Encodes each tensor with encode_tensor; subclasses implement it and decode_tensor."""
 
-    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> dict:
+    def encode_tensor(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> tuple[dict, dict]:
         """m: (n, e) token-major, or (e, n) when spec.channel_major; uint16 half bits or float32.
 
-        Returns {name: (array, tokens_per_row)}.
+        Returns ({name: (array, tokens_per_row)}, info): tokens_per_row 0 marks an array that is
+        not indexed by token; info (JSON-able) goes into the header for decode_tensor.
         """
         raise NotImplementedError
 
     def decode_tensor(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
-                      out_dtype) -> np.ndarray:
+                      out_dtype, info: dict) -> np.ndarray:
         """The (n, e) or, when channel-major, (e, n) matrix; n may exceed the tokens asked for."""
         raise NotImplementedError
+
+    def plan(self, matrices: list[tuple[np.ndarray, str]], spec: LayoutSpec) -> None:
+        """Called once with every (matrix, kind) before encode_tensor: a codec that decides
+        across tensors (adaptive) decides here."""
 
     # -- encode -----------------------------------------------------------------------
 
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         spec = LayoutSpec(layout, block_tokens)
-        skeleton, cells, tensors = [], [], []
+        skeleton, cells, matrices = [], [], []
         for block in state.blocks:
             skeleton.append([None if s is None else _stream_skeleton(s) for s in block.streams])
             for s in block.streams:
@@ -47,12 +52,14 @@ class TensorCodec(Codec):
                     continue
                 cells.append(_cell_arrays(s))
                 for k, v in zip(s.k, s.v):
-                    for kind, t in (("k", k), ("v", v)):
-                        tensors.append(self.encode_tensor(_matrix(t, spec), kind, spec))
-        payload, index = pack(spec, tensors, state.n_tokens)
+                    matrices += [(_matrix(k, spec), "k"), (_matrix(v, spec), "v")]
+        self.plan(matrices, spec)
+        encoded = [self.encode_tensor(m, kind, spec) for m, kind in matrices]
+        payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens)
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
         meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "blocks": skeleton,
-                "block_tokens": block_tokens, "index": index, "cell_index": cell_index}
+                "block_tokens": block_tokens, "index": index, "cell_index": cell_index,
+                "tensor_info": [info for _, info in encoded]}
         return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
                             state.n_tokens, f16_kv_bytes(state))
 
@@ -80,19 +87,20 @@ class TensorCodec(Codec):
                 k, v = [], []
                 for layer in range(len(s["k"])):
                     for kind, desc, dest in (("k", s["k"][layer], k), ("v", s["v"][layer], v)):
-                        dest.append(self._decode_one(arrays[ti], kind, desc, s, n, spec))
+                        info = meta["tensor_info"][ti]
+                        dest.append(self._decode_one(arrays[ti], kind, desc, s, n, spec, info))
                         ti += 1
                 out.append(_stream_from_cells(cells[si], s, n, k, v))
                 si += 1
             blocks.append(CacheBlock(out))
         return KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]))
 
-    def _decode_one(self, arrays, kind, desc, stream, n, spec) -> Tensor:
+    def _decode_one(self, arrays, kind, desc, stream, n, spec, info) -> Tensor:
         type_id, n_embd = int(desc[0]), int(desc[1])
         transposed = kind == "v" and bool(stream["v_trans"])
         shape = (stream["n_cells"], n_embd)
         out_dtype = np.uint16 if type_id == F16 else np.float32
-        m = self.decode_tensor(arrays, kind, spec, shape, out_dtype)
+        m = self.decode_tensor(arrays, kind, spec, shape, out_dtype, info)
         m = m[:, :n] if spec.channel_major else m[:n]
         if type_id == BF16:
             m = _float_to_bf16(m)

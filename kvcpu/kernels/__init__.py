@@ -10,17 +10,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cluster import cosine_to_previous, mean_of_runs
 from .f16 import count_nonfinite_half, float32_to_half_bits, half_bits_to_float32
 from .hadamard import check_head_dim, hadamard_rows
 from .layout import transpose
-from .pack import _pack_nibbles, _unpack_nibbles
+from .pack import _pack_codes, _unpack_codes
 from .quant import _dequantize_cols, _dequantize_rows, _quantize_cols, _quantize_rows
 
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
 __all__ = [
-    "AXES", "Quantized", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
-    "half_bits_to_float32", "hadamard_rows", "pack_nibbles", "quantize", "transpose", "unpack_nibbles",
+    "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "mean_of_runs", "dequantize", "float32_to_half_bits",
+    "half_bits_to_float32", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
+    "transpose", "unpack_codes", "unpack_nibbles",
 ]
 
 
@@ -121,23 +123,44 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None) ->
     return out
 
 
-def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
-    """q: (n, e) int8 codes in [-offset, 15 - offset] -> (n, ceil(e/2)) uint8."""
+PACKABLE_BITS = (1, 2, 4)
+
+
+def packed_width(n_cols: int, bits: int) -> int:
+    """Bytes per row of n_cols codes of `bits` bits."""
+    return -(-n_cols * bits // 8)
+
+
+def pack_codes(q: np.ndarray, bits: int, offset: int) -> np.ndarray:
+    """q: (n, e) int8 codes in [-offset, 2**bits - offset) -> (n, packed_width(e, bits)) uint8."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"bits must be one of {PACKABLE_BITS}, not {bits}")
     q = np.ascontiguousarray(q, dtype=np.int8)
     if q.ndim != 2:
         raise ValueError(f"expected (n, e) codes, got shape {q.shape}")
-    out = np.empty((q.shape[0], -(-q.shape[1] // 2)), dtype=np.uint8)
+    out = np.empty((q.shape[0], packed_width(q.shape[1], bits)), dtype=np.uint8)
     if q.size:
-        _pack_nibbles(q, offset, out)
+        _pack_codes(q, bits, offset, out)
     return out
 
 
-def unpack_nibbles(packed: np.ndarray, n_cols: int, offset: int) -> np.ndarray:
-    """packed: (n, ceil(n_cols/2)) uint8 -> (n, n_cols) int8 codes."""
+def unpack_codes(packed: np.ndarray, n_cols: int, bits: int, offset: int) -> np.ndarray:
+    """packed: (n, packed_width(n_cols, bits)) uint8 -> (n, n_cols) int8 codes."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"bits must be one of {PACKABLE_BITS}, not {bits}")
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    if packed.ndim != 2 or packed.shape[1] != -(-n_cols // 2):
-        raise ValueError(f"packed shape {packed.shape} does not hold {n_cols} columns")
+    if packed.ndim != 2 or packed.shape[1] != packed_width(n_cols, bits):
+        raise ValueError(f"packed shape {packed.shape} does not hold {n_cols} columns of {bits} bits")
     q = np.empty((packed.shape[0], n_cols), dtype=np.int8)
     if q.size:
-        _unpack_nibbles(packed, offset, q)
+        _unpack_codes(packed, bits, offset, q)
     return q
+
+
+def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    """Two 4-bit codes per byte: pack_codes(q, 4, offset)."""
+    return pack_codes(q, 4, offset)
+
+
+def unpack_nibbles(packed: np.ndarray, n_cols: int, offset: int) -> np.ndarray:
+    return unpack_codes(packed, n_cols, 4, offset)
