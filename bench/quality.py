@@ -20,7 +20,9 @@ from kvcpu.layout import LAYOUTS
 from kvcpu.quality import compare, continuation_logits
 
 # Codec variants worth a row besides each codec's defaults.
-VARIANTS = [("int8", {"axis_k": "channel"}), ("int4-rot", {"group": 16}), ("int4-rot", {"symmetric": False})]
+VARIANTS = [("int8", {"axis_k": "channel"}), ("int4-rot", {"group": 16}), ("int4-rot", {"symmetric": False}),
+            ("adaptive", {"target_ratio": 3.5}), ("adaptive", {"target_ratio": 3.0}), ("svd", {"ratio": 2.0}),
+            ("svd", {"energy": 0.999, "factors": "int8"}), ("cluster", {"inner": "int8"})]
 
 
 def codec_rows(model: str, prefix: list[int], cont: list[int]) -> list[dict]:
@@ -35,7 +37,7 @@ def codec_rows(model: str, prefix: list[int], cont: list[int]) -> list[dict]:
             packed = codec(name, **params).encode(state, layout=layout)
             report = compare(reference, continuation_logits(eng, packed.decode(), cont), cont)
             label = name + "".join(f" {k}={v}" for k, v in params.items())
-            rows.append({"kind": "kvcpu", "codec": label, "layout": layout, "ratio": packed.ratio(),
+            rows.append({"kind": "kvcpu", "codec": label, "layout": packed.layout, "ratio": packed.ratio(),
                          "bytes": packed.nbytes, **report.as_dict()})
             if codec(name).lossless:
                 break  # a lossless codec has one layout ("raw")

@@ -2,8 +2,9 @@
 
 A codec turns each K or V tensor into named 2-d arrays whose axis 0 runs over tokens
 (`tokens_per_row` tokens per row: 1 for codes and per-token scales, the group size for
-per-channel scales; 0 for an array that no token owns, such as a low-rank basis). A layout decides where those arrays sit in one payload buffer, and
-which of them a partial decode must read.
+per-channel scales; 0 for an array that no token owns, such as a low-rank basis). A layout
+decides where those arrays sit in one payload buffer, and which of them a partial decode
+must read.
 
 - aligned: tensor after tensor, every array starting on a 64-byte boundary.
 - blocked: tensor after tensor, packed tight; tokens come in blocks of B that no group

@@ -12,10 +12,15 @@ from kvcpu.errors import CodecError, KVCPUError
 from kvcpu.layout import LAYOUTS
 from kvcpu.quality import compare, continuation_logits
 
-LOSSY = ["int8", "int4", "int4-rot"]
+LOSSY = ["int8", "int4", "int4-rot", "svd", "cluster", "adaptive"]
 # Loose on purpose: a broken codec lands orders of magnitude above these, a noisy one below.
-# Measured on this prompt: int8 ~0.003, int4 ~0.006, int4-rot ~0.009 (bench/quality.py).
-KL_BOUND = {"f16": 0.0, "int8": 0.05, "int4": 0.1, "int4-rot": 0.1}
+# bench/quality.py measures them on a longer prompt: int8 ~0.003, int4 ~0.006, int4-rot ~0.009,
+# adaptive (ratio 4) ~0.015, cluster ~0.06, svd ~0.07.
+KL_BOUND = {"f16": 0.0, "int8": 0.05, "int4": 0.1, "int4-rot": 0.1, "adaptive": 0.15, "cluster": 0.3, "svd": 0.4}
+TOP1_FLOOR = {"f16": 1.0, "int8": 0.85, "int4": 0.85, "int4-rot": 0.85, "adaptive": 0.8, "cluster": 0.7, "svd": 0.7}
+# Below these something is wrong with the encoding; svd at 99% energy barely beats f16 on this
+# model's KV, which is a finding, not a bug.
+MIN_RATIO = {"f16": 0.99, "int8": 1.8, "int4": 2.5, "int4-rot": 3.3, "adaptive": 3.9, "cluster": 1.05, "svd": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +52,14 @@ def test_codec_round_trips_a_real_state_within_its_bound(scene, name, layout):
     eng, state, cont, reference = scene
     packed = codec(name).encode(state, layout=layout)
     restored = CompressedKV.from_bytes(packed.to_bytes()).decode()
-    assert restored.n_tokens == state.n_tokens
+    assert restored.n_positions == state.n_tokens  # cluster merges cells: fewer of them, same span
     np.testing.assert_array_equal(restored.tokens, state.tokens)
     if codec(name).lossless:
         assert restored.to_bytes() == state.to_bytes()
-    else:
-        assert packed.ratio() > 1.5
+    assert packed.ratio() >= MIN_RATIO[name]
     report = compare(reference, continuation_logits(eng, restored, cont), cont)
     assert report.kl_mean <= KL_BOUND[name], report
-    assert report.top1_agreement >= (1.0 if name == "f16" else 0.85), report
+    assert report.top1_agreement >= TOP1_FLOOR[name], report
 
 
 @pytest.mark.parametrize("name", LOSSY)
@@ -69,19 +73,55 @@ def test_restored_model_generates(scene, name):
 
 @pytest.mark.parametrize("name", ["f16", *LOSSY])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("n", [1, 16, 17, 150, 299])
+@pytest.mark.parametrize("n", [1, 17, 150, 299])
 def test_partial_decode_equals_the_head_of_a_full_decode(scene, name, layout, n):
     _, state, _, _ = scene
     packed = codec(name).encode(state, layout=layout)
-    part = packed.decode(n_tokens=n)
+    part, full = packed.decode(n_tokens=n), packed.decode()
+    if name == "cluster":  # merged cells: a prefix of tokens is the cells before position n
+        keep = int(np.searchsorted(full.blocks[0].streams[0].positions, n))
+        assert part.to_bytes() == full.head(keep).to_bytes() and part.n_positions <= n
+        return
     assert part.n_tokens == n
-    assert part.to_bytes() == packed.decode().head(n).to_bytes()
+    assert part.to_bytes() == full.head(n).to_bytes()
+
+
+def test_adaptive_meets_its_target_and_records_its_choices(scene):
+    _, state, _, _ = scene
+    for target in (2.5, 4.0):
+        packed = codec("adaptive", target_ratio=target).encode(state)
+        assert target * 0.98 <= packed.ratio() <= target * 1.15
+        info = packed.meta["tensor_info"]
+        assert len(info) == 60 and all({"option", "codec", "params"} <= set(i) for i in info)
+        assert sum(packed.meta["adaptive"]["choices"].values()) == 60
+    exact = codec("adaptive", target_ratio=None, target_error=0.0).encode(state)
+    assert exact.decode().to_bytes() == state.to_bytes()  # only f16 has zero error
+
+
+def test_svd_rank_follows_its_knobs(scene):
+    _, state, _, _ = scene
+    low, high = (codec("svd", ratio=r).encode(state) for r in (4.0, 2.0))
+    assert low.ratio() > 3.5 and 1.8 < high.ratio() < 2.3
+    ranks = lambda p: sum(sum(i["ranks"]) for i in p.meta["tensor_info"])  # noqa: E731
+    assert ranks(low) < ranks(high)
+    assert ranks(codec("svd", rank=2).encode(state)) == 60 * 3 * 2
+
+
+def test_cluster_keeps_positions_valid_and_generation_running(scene):
+    eng, state, _, _ = scene
+    merged = codec("cluster", threshold=0.3, max_run=4).encode(state).decode()
+    pos = merged.blocks[0].streams[0].positions
+    assert merged.n_tokens < state.n_tokens and merged.n_positions == state.n_tokens
+    assert np.all(np.diff(pos) > 0) and np.array_equal(pos[:4], np.arange(4))
+    assert np.array_equal(pos[-32:], np.arange(state.n_tokens - 32, state.n_tokens))
+    eng.set_state(merged)
+    assert eng.n_past == state.n_tokens and len(list(eng.generate(8))) > 0
 
 
 def test_lossy_codecs_refuse_llama_cpp_quantized_caches(real_state_bytes):
     state = KVState.from_bytes(real_state_bytes["q8_0"][0])
     for name in LOSSY:
-        with pytest.raises(CodecError, match="q8_0"):
+        with pytest.raises(CodecError, match="q8_0|f16 caches only"):
             codec(name).encode(state)
     assert codec("f16").encode(state).decode().to_bytes() == real_state_bytes["q8_0"][0]
 

@@ -201,3 +201,25 @@ def test_codes_pack_and_unpack_exactly(n, e, bits, symmetric, seed):
 @given(arrays(np.uint16, st.tuples(st.integers(0, 150), st.integers(0, 150))))
 def test_transpose_is_exact(x):
     np.testing.assert_array_equal(K.transpose(x), x.T)
+
+
+# -- token merging -------------------------------------------------------------------------------
+
+@SETTINGS
+@given(x=half_matrices(), data=st.data())
+def test_cosine_to_previous_and_run_means_match_numpy(x, data):
+    x32 = ref.half_to_float(x).astype(np.float64)
+    got = K.cosine_to_previous([x, x])
+    norms = np.linalg.norm(x32, axis=1)
+    for i in range(1, len(x32)):
+        if norms[i] > 0 and norms[i - 1] > 0:
+            want = x32[i] @ x32[i - 1] / (norms[i] * norms[i - 1])
+            assert abs(got[i] - want) < 1e-6
+        elif norms[i] == 0 and norms[i - 1] == 0:
+            assert got[i] == 1.0
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(x32)), max_size=6))) | {len(x32)})
+    starts = np.array([0, *cuts])
+    means = K.half_bits_to_float32(K.mean_of_runs(x, starts))
+    for r in range(len(starts) - 1):
+        want = ref.half_to_float(x)[starts[r] : starts[r + 1]].astype(np.float32).mean(axis=0)
+        np.testing.assert_allclose(means[r], want, rtol=2**-10, atol=2**-24)

@@ -27,7 +27,7 @@ class ClusterCodec(Codec):
 
     name = "cluster"
 
-    def __init__(self, threshold: float = 0.9, max_run: int = 2, keep_first: int = 4, keep_last: int = 32,
+    def __init__(self, threshold: float = 0.6, max_run: int = 2, keep_first: int = 4, keep_last: int = 32,
                  inner: str = "f16"):
         if max_run < 1 or keep_first < 0 or keep_last < 1:
             raise CodecError("cluster needs max_run >= 1, keep_first >= 0 and keep_last >= 1")

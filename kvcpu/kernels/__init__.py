@@ -20,8 +20,8 @@ from .quant import _dequantize_cols, _dequantize_rows, _quantize_cols, _quantize
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
 __all__ = [
-    "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "mean_of_runs", "dequantize", "float32_to_half_bits",
-    "half_bits_to_float32", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
+    "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
+    "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
     "transpose", "unpack_codes", "unpack_nibbles",
 ]
 
