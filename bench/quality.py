@@ -39,8 +39,8 @@ def codec_rows(model: str, prefix: list[int], cont: list[int]) -> list[dict]:
             label = name + "".join(f" {k}={v}" for k, v in params.items())
             rows.append({"kind": "kvcpu", "codec": label, "layout": packed.layout, "ratio": packed.ratio(),
                          "bytes": packed.nbytes, **report.as_dict()})
-            if codec(name).lossless:
-                break  # a lossless codec has one layout ("raw")
+            if packed.layout == "raw":
+                break  # stored as llama.cpp's own bytes: one layout only
     eng.close()
     return rows
 

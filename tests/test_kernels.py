@@ -116,6 +116,8 @@ def test_partial_dequantize_is_a_prefix(x, group, data):
     for axis in K.AXES:
         qz = K.quantize(x, bits=8, group=group, axis=axis)
         full = K.dequantize(qz)
+        if axis == "token":
+            np.testing.assert_array_equal(K.dequantize(qz, transposed=True), full.T)
         rows = data.draw(st.integers(0, x.shape[0]))
         if axis == "channel" and rows % group and rows != x.shape[0]:
             with pytest.raises(ValueError, match="cuts a group"):

@@ -1,10 +1,11 @@
 """adaptive: per layer and per K/V, the codec and parameters chosen by measured error.
 
 Every tensor is encoded with every option below and decoded again; its error is the relative
-squared error ||x' - x||^2 / ||x||^2, per channel for keys (see _channel_weights). Then, with a target ratio, the options are chosen to fit
-the byte budget with the least total error (greedy upgrades along each tensor's lower convex
-hull of bytes against error); with a target error, each tensor takes the fewest bytes that
-keep its error under the target. The choices are recorded per tensor in the header.
+squared error ||x' - x||^2 / ||x||^2, per channel for keys (see _channel_weights). Then, with
+a target ratio, the options are chosen to fit the byte budget with the least total error
+(greedy upgrades along each tensor's lower convex hull of bytes against error); with a target
+error, each tensor takes the fewest bytes that keep its error under the target. The choices
+are recorded per tensor in the header.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ class AdaptiveCodec(TensorCodec):
     def decode_tensor(self, arrays, kind, spec, shape, out_dtype, info):
         c = _option_codec(info["codec"], info["params"])
         return c.decode_tensor(arrays, kind, spec, shape, out_dtype, info)
+
+    def decode_tensor_flipped(self, arrays, kind, spec, shape, out_dtype, info):
+        c = _option_codec(info["codec"], info["params"])
+        return c.decode_tensor_flipped(arrays, kind, spec, shape, out_dtype, info)
 
 
 def _channel_weights(x: np.ndarray, spec: LayoutSpec, kind: str) -> np.ndarray:

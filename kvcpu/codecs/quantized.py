@@ -89,3 +89,15 @@ class GroupQuantCodec(TensorCodec):
         if rotate and spec.channel_major:
             m = kernels.transpose(m)
         return m
+
+    def decode_tensor_flipped(self, arrays: dict, kind: str, spec: LayoutSpec, shape, out_dtype, info: dict):
+        """Per-token groups of a token-major layout decode straight into channel-major (a V cache
+        stored transposed, as llama.cpp does without flash attention)."""
+        axis, group = self._plan(kind, spec)
+        if spec.channel_major or axis != "token":
+            return None
+        codes = arrays["q"]
+        q = kernels.unpack_codes(codes, shape[1], self.bits, self._offset) if self.bits < 8 else codes
+        qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, axis,
+                               int(self._p["head_dim"]) if self._p["rotate"] else 0)
+        return kernels.dequantize(qz, out_dtype, transposed=True)

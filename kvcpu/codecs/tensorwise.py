@@ -36,6 +36,12 @@ class TensorCodec(Codec):
         """The (n, e) or, when channel-major, (e, n) matrix; n may exceed the tokens asked for."""
         raise NotImplementedError
 
+    def decode_tensor_flipped(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
+                              out_dtype, info: dict) -> np.ndarray | None:
+        """decode_tensor's matrix in the other orientation, when the codec can write it directly
+        (saving a transpose); None when it cannot."""
+        return None
+
     def plan(self, matrices: list[tuple[np.ndarray, str]], spec: LayoutSpec) -> None:
         """Called once with every (matrix, kind) before encode_tensor: a codec that decides
         across tensors (adaptive) decides here."""
@@ -100,11 +106,17 @@ class TensorCodec(Codec):
         transposed = kind == "v" and bool(stream["v_trans"])
         shape = (stream["n_cells"], n_embd)
         out_dtype = np.uint16 if type_id == F16 else np.float32
-        m = self.decode_tensor(arrays, kind, spec, shape, out_dtype, info)
-        m = m[:, :n] if spec.channel_major else m[:n]
+        flip = transposed != spec.channel_major
+        m = self.decode_tensor_flipped(arrays, kind, spec, shape, out_dtype, info) if flip else None
+        if m is not None:
+            channel_major = transposed
+        else:
+            m = self.decode_tensor(arrays, kind, spec, shape, out_dtype, info)
+            channel_major = spec.channel_major
+        m = m[:, :n] if channel_major else m[:n]
         if type_id == BF16:
             m = _float_to_bf16(m)
-        if transposed != spec.channel_major:
+        if channel_major != transposed:
             m = kernels.transpose(m)
         storage = {F16: np.float16, F32: np.float32, BF16: np.uint16}[type_id]
         return Tensor(type_id, np.ascontiguousarray(m).view(storage), transposed)

@@ -97,10 +97,12 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim)
 
 
-def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None) -> np.ndarray:
+def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
+               transposed: bool = False) -> np.ndarray:
     """Quantized -> (n, e) uint16 half bits or float32; n_rows decodes only the first rows.
 
     With axis 'channel', n_rows must end on a group boundary or at the last row.
+    transposed=True (axis 'token' only) returns the (e, n) transpose, written directly.
     """
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in (np.uint16, np.float32):
@@ -109,12 +111,14 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None) ->
     rows = n if n_rows is None else n_rows
     if not 0 <= rows <= n:
         raise ValueError(f"n_rows {rows} outside [0, {n}]")
-    out = np.empty((rows, e), dtype=out_dtype)
+    if transposed and qz.axis != "token":
+        raise ValueError("a transposed decode needs per-token groups")
+    out = np.empty((e, rows) if transposed else (rows, e), dtype=out_dtype)
     if rows == 0 or e == 0:
         return out
     zero = qz.zero if qz.zero is not None else np.zeros_like(qz.scale)
     if qz.axis == "token":
-        _dequantize_rows(qz.q[:rows], qz.scale[:rows], zero[:rows], qz.group, qz.head_dim, out)
+        _dequantize_rows(qz.q[:rows], qz.scale[:rows], zero[:rows], qz.group, qz.head_dim, out, transposed)
     else:
         if rows != n and rows % qz.group:
             raise ValueError(f"n_rows {rows} cuts a group of {qz.group} tokens")

@@ -143,8 +143,9 @@ def _quantize_rows(src, group, qmax, symmetric, head_dim, q, scale, zero):
 
 
 @parallel_kernel
-def _dequantize_rows(q, scale, zero, group, head_dim, dst):
-    """Inverse of _quantize_rows. dst: (n, e) uint16 (half bits) or float32."""
+def _dequantize_rows(q, scale, zero, group, head_dim, dst, dst_transposed):
+    """Inverse of _quantize_rows. dst: (n, e) uint16 (half bits) or float32; (e, n) when
+    dst_transposed, which the channel-major tile writes without a separate transpose."""
     n, e = q.shape
     n_groups = (e + group - 1) // group
     for c in prange((n + _LANES - 1) // _LANES):
@@ -167,9 +168,14 @@ def _dequantize_rows(q, scale, zero, group, head_dim, dst):
         for j in range(e):
             for i in range(m):
                 store(out, j, i, t[j, i])
-        for i in range(m):
+        if dst_transposed:
             for j in range(e):
-                dst[r0 + i, j] = out[j, i]
+                for i in range(m):
+                    dst[j, r0 + i] = out[j, i]
+        else:
+            for i in range(m):
+                for j in range(e):
+                    dst[r0 + i, j] = out[j, i]
 
 
 @parallel_kernel
