@@ -1,0 +1,43 @@
+"""Content keys: chained hashes of token ids in blocks of 16, as vLLM's prefix caching does.
+
+Block i's hash covers every token up to the end of block i, so equal hashes mean equal
+prefixes (up to a 64-bit collision, which the store rules out by comparing the tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import xxhash
+
+BLOCK_TOKENS = 16
+
+
+def block_hashes(tokens: Sequence[int], seed: str = "") -> Iterator[int]:
+    """Yield the chained hash after each full block of tokens."""
+    arr = np.asarray(tokens, dtype="<i4")
+    prev = seed_hash(seed)
+    for end in range(BLOCK_TOKENS, len(arr) + 1, BLOCK_TOKENS):
+        prev = xxhash.xxh3_64_intdigest(arr[end - BLOCK_TOKENS : end].tobytes(), seed=prev)
+        yield prev
+
+
+def seed_hash(seed: str) -> int:
+    """The chain's starting value: entries of different models never share a key."""
+    return xxhash.xxh3_64_intdigest(seed.encode())
+
+
+def tail_key(last_block_hash: int, tail: np.ndarray, n_tokens: int) -> str:
+    """The key of an entry of n_tokens: the hash of its tokens after its last full block,
+    chained onto that block's hash (the seed's when it has no full block)."""
+    digest = xxhash.xxh3_64_intdigest(np.asarray(tail, dtype="<i4").tobytes(), seed=last_block_hash)
+    return f"{digest:016x}-{n_tokens}"
+
+
+def entry_key(tokens: Sequence[int], seed: str = "") -> str:
+    """The id of an entry holding exactly these tokens (the tail after the last block included)."""
+    arr = np.asarray(tokens, dtype="<i4")
+    hashes = list(block_hashes(arr, seed))
+    last = hashes[-1] if hashes else seed_hash(seed)
+    return tail_key(last, arr[len(arr) - len(arr) % BLOCK_TOKENS :], len(arr))

@@ -1,0 +1,135 @@
+"""KVStore: prefix lookup against brute force, the byte budget under random operations, the
+demotion ladder, and concurrent use."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvcpu import KVState, Snapshot
+from kvcpu.errors import KVCPUError
+from kvcpu.store import KVStore
+from synth import random_stream, write_state
+
+FP = "f" * 32
+
+
+def snapshot(tokens, codec="f16", fingerprint=FP, n_embd=64, seed=0) -> Snapshot:
+    """A synthetic state of len(tokens) cells, 2 layers, as a snapshot."""
+    rng = np.random.default_rng(seed)
+    state = KVState.from_bytes(write_state(0, [[random_stream(rng, len(tokens), 2, n_embd)]]))
+    state.tokens = np.asarray(tokens, dtype=np.int32)
+    return Snapshot.from_state(state, fingerprint, codec)
+
+
+def brute_longest(entries: list[list[int]], prompt: list[int]) -> int:
+    """The longest prefix of `prompt` that a stored entry holds: whole blocks of 16 of a longer
+    entry, or all of an entry's tokens."""
+    best = 0
+    for tokens in entries:
+        common = 0
+        for a, b in zip(tokens, prompt):
+            if a != b:
+                break
+            common += 1
+        usable = common if common == len(tokens) else common // 16 * 16
+        best = max(best, usable)
+    return best
+
+
+token_lists = st.lists(st.integers(0, 3), min_size=1, max_size=70)
+
+
+@settings(max_examples=80, deadline=None)
+@given(entries=st.lists(token_lists, min_size=1, max_size=6), prompt=token_lists)
+def test_longest_prefix_matches_brute_force(entries, prompt):
+    store = KVStore(1 << 30, policy="lru")
+    for i, tokens in enumerate(entries):
+        store.put(snapshot(tokens, seed=i))
+    kept = [list(store.get(k).tokens) for k in store.keys()]
+    match = store.longest_prefix(prompt, FP)
+    want = brute_longest(kept, prompt)
+    assert (match.n_tokens if match else 0) == want
+    if match:
+        assert list(store.get(match.key).tokens[: match.n_tokens]) == prompt[: match.n_tokens]
+
+
+def test_prefix_lookup_is_per_model():
+    store = KVStore(1 << 30)
+    store.put(snapshot(list(range(40)), fingerprint="a" * 32))
+    assert store.longest_prefix(list(range(40)), "b" * 32) is None
+    assert store.longest_prefix(list(range(40)), "a" * 32).n_tokens == 40
+
+
+ops = st.lists(st.tuples(st.sampled_from(["put", "get", "delete", "lookup"]), st.integers(0, 7),
+                         st.integers(1, 60)), max_size=25)
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "s3fifo", "hybrid"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=ops, budget_kb=st.integers(20, 200))
+def test_budget_is_never_exceeded(policy, operations, budget_kb):
+    store = KVStore(budget_kb * 1024, policy=policy)
+    for op, conv, n in operations:
+        tokens = [conv] * n
+        try:
+            if op == "put":
+                store.put(snapshot(tokens, seed=conv))
+            elif op == "get" and store.keys():
+                store.get(store.keys()[conv % len(store.keys())])
+            elif op == "delete" and store.keys():
+                store.delete(store.keys()[conv % len(store.keys())])
+            else:
+                store.longest_prefix(tokens, FP)
+        except KVCPUError as exc:
+            assert "does not fit" in str(exc)
+        assert store.used <= store.budget
+        assert store.used == sum(len(store._entries[k].blob) for k in store.keys())
+
+
+def test_demotion_ladder_before_eviction():
+    one = len(snapshot([1] * 200).to_bytes())
+    store = KVStore(int(one * 2.2), policy="lru")
+    keys = [store.put(snapshot([i] * 200, seed=i)) for i in range(3)]
+    stats = store.stats()
+    assert stats["demotions"].get("f16->int8", 0) >= 1 and stats["evictions"] == 0
+    assert all(k in store for k in keys) and store.used <= store.budget
+    for i in range(3, 12):
+        store.put(snapshot([i] * 200, seed=i))
+    stats = store.stats()
+    assert stats["demotions"].get("int8->int4-rot", 0) >= 1 and stats["evictions"] >= 1
+    restored = store.get(store.keys()[0]).decode()
+    assert restored.n_tokens == 200
+
+
+def test_snapshot_larger_than_the_budget_is_refused():
+    store = KVStore(1000)
+    with pytest.raises(KVCPUError, match="does not fit"):
+        store.put(snapshot([1] * 50))
+    assert len(store) == 0 and store.used == 0
+
+
+def test_concurrent_puts_and_lookups_keep_the_books_straight():
+    store = KVStore(400 * 1024, policy="hybrid")
+    errors = []
+
+    def worker(w):
+        try:
+            for i in range(15):
+                tokens = [w] * (10 + 7 * i)
+                store.put(snapshot(tokens, seed=w))
+                store.longest_prefix(tokens, FP)
+        except Exception as exc:  # noqa: BLE001 - any failure fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.used == sum(len(store._entries[k].blob) for k in store.keys()) <= store.budget
