@@ -103,6 +103,30 @@ def unpack(buf, magic: bytes, what: str) -> tuple[dict, list[np.ndarray]]:
     return header, sections
 
 
+def peek(f, magic: bytes, what: str) -> tuple[dict, bytes]:
+    """Read only the header and the first section from an open file: enough to index a file
+    without reading its payload. Not checksummed; a full read (unpack) verifies everything."""
+    raw = f.read(_PREFIX.size)
+    if len(raw) < 8 or raw[:8] != magic:
+        raise NotASnapshotError(f"not a kvcpu {what}: magic {raw[:8]!r}, expected {magic!r}")
+    if len(raw) < _PREFIX.size:
+        raise SnapshotTruncatedError(f"{what} truncated inside its prefix")
+    _, version, head_len, body_len, _ = _PREFIX.unpack(raw)
+    if version != FORMAT_VERSION:
+        raise SnapshotVersionError(f"{what} has format version {version}; this kvcpu reads {FORMAT_VERSION}")
+    head = f.read(head_len)
+    if len(head) < head_len:
+        raise SnapshotTruncatedError(f"{what} truncated inside its header")
+    header = _parse_header(np.frombuffer(head, dtype=np.uint8), what)
+    sizes = header.get("sections")
+    if not isinstance(sizes, list) or not sizes or not isinstance(sizes[0], int) or sizes[0] < 0:
+        raise SnapshotHeaderError(f"{what} header lists no sections")
+    first = f.read(sizes[0])
+    if len(first) < sizes[0]:
+        raise SnapshotTruncatedError(f"{what} truncated inside its first section")
+    return header, first
+
+
 def _parse_header(raw: np.ndarray, what: str) -> dict:
     if len(raw) > MAX_HEADER_BYTES:
         raise SnapshotHeaderError(f"{what} header of {len(raw)} bytes is implausibly large")

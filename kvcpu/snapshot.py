@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +104,21 @@ class Snapshot:
     @classmethod
     def load(cls, path: str | os.PathLike, expect_fingerprint: str | None = None) -> Snapshot:
         return cls.from_bytes(Path(path).read_bytes(), expect_fingerprint)
+
+    @staticmethod
+    def peek(path: str | os.PathLike) -> dict:
+        """The header of a snapshot file and its token ids, read without its payload (and so
+        without its checksum): for indexing. `load` verifies everything."""
+        with open(path, "rb") as f:
+            header, tokens = container.peek(f, SNAPSHOT_MAGIC, "snapshot")
+        ckv = container.field(header, "ckv", dict, "snapshot")
+        fingerprint = container.field(header, "fingerprint", str, "snapshot")
+        n = container.field(ckv, "n_tokens", int, "snapshot")
+        if not ckv.get("has_tokens") or len(tokens) != 4 * n:
+            raise SnapshotHeaderError("snapshot holds no token ids")
+        return {"fingerprint": fingerprint, "tokens": np.frombuffer(tokens, dtype="<i4").copy(),
+                "codec": container.field(ckv, "codec", str, "snapshot"),
+                "model_name": header.get("model_name", ""), "created": header.get("created", 0.0)}
 
     def summary(self) -> str:
         """The header, readable."""

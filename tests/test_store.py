@@ -41,6 +41,10 @@ def brute_longest(entries: list[list[int]], prompt: list[int]) -> int:
     return best
 
 
+def ram_bytes(store: KVStore) -> int:
+    return sum(len(e.ram) for e in store._entries.values() if e.ram is not None)
+
+
 token_lists = st.lists(st.integers(0, 3), min_size=1, max_size=70)
 
 
@@ -88,7 +92,7 @@ def test_budget_is_never_exceeded(policy, operations, budget_kb):
         except KVCPUError as exc:
             assert "does not fit" in str(exc)
         assert store.used <= store.budget
-        assert store.used == sum(len(store._entries[k].blob) for k in store.keys())
+        assert store.used == ram_bytes(store)
 
 
 def test_demotion_ladder_before_eviction():
@@ -96,12 +100,12 @@ def test_demotion_ladder_before_eviction():
     store = KVStore(int(one * 2.2), policy="lru")
     keys = [store.put(snapshot([i] * 200, seed=i)) for i in range(3)]
     stats = store.stats()
-    assert stats["demotions"].get("f16->int8", 0) >= 1 and stats["evictions"] == 0
+    assert stats["demotions"].get("ram:f16->int8", 0) >= 1 and not stats["evictions"]
     assert all(k in store for k in keys) and store.used <= store.budget
     for i in range(3, 12):
         store.put(snapshot([i] * 200, seed=i))
     stats = store.stats()
-    assert stats["demotions"].get("int8->int4-rot", 0) >= 1 and stats["evictions"] >= 1
+    assert stats["demotions"].get("ram:int8->int4-rot", 0) >= 1 and stats["evictions"]["ram"] >= 1
     restored = store.get(store.keys()[0]).decode()
     assert restored.n_tokens == 200
 
@@ -132,4 +136,4 @@ def test_concurrent_puts_and_lookups_keep_the_books_straight():
     for t in threads:
         t.join()
     assert not errors
-    assert store.used == sum(len(store._entries[k].blob) for k in store.keys()) <= store.budget
+    assert store.used == ram_bytes(store) <= store.budget

@@ -1,8 +1,10 @@
-"""KVStore: snapshots kept under a byte budget, found by the longest stored prefix of a prompt.
+"""KVStore: snapshots under byte budgets, found by the longest stored prefix of a prompt.
 
-The store owns the byte accounting and the eviction loop; a policy only orders keys. Under
-pressure an entry first goes down the demotion ladder (re-encoded by a smaller codec), and
-is dropped only when no rung is left.
+Two tiers. With a disk directory, the disk holds every entry (write-through, so entries
+outlive the process) and RAM caches the hot ones; without one, RAM is all there is. Each tier
+has its own budget and policy; the store owns the byte accounting and the eviction loop.
+Under pressure an entry first goes down the demotion ladder (re-encoded by a smaller codec);
+only then does it leave the tier (RAM: it stays on disk; disk: it is gone).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..errors import KVCPUError
 from ..snapshot import Snapshot
+from .disk import DiskTier, StoreDiskError
 from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_key
 from .policies import make_policy
 
@@ -36,96 +39,58 @@ class Match:
 
 @dataclass
 class _Entry:
-    blob: bytes  # the serialized Snapshot, checksummed
     tokens: np.ndarray
     fingerprint: str
-    codec: str
     cost: float
+    ram: bytes | None = None  # the serialized Snapshot, when cached in RAM
+    ram_codec: str = ""
+    disk_size: int = 0  # bytes of its file, when on disk
+    disk_codec: str = ""
 
 
 @dataclass
-class StoreStats:
-    """Counters; `as_dict` adds the derived ratios."""
-
+class _Counters:
     lookups: int = 0
     hits: int = 0
     puts: int = 0
-    evictions: int = 0
+    evictions: dict = field(default_factory=lambda: defaultdict(int))
     demotions: dict = field(default_factory=lambda: defaultdict(int))
-
-    def as_dict(self) -> dict:
-        return {"lookups": self.lookups, "hits": self.hits, "hit_ratio": self.hits / max(self.lookups, 1),
-                "puts": self.puts, "evictions": self.evictions, "demotions": dict(self.demotions)}
+    disk_errors: int = 0
 
 
 class KVStore:
-    """Snapshots of one or more models under a RAM byte budget. Thread-safe."""
+    """Snapshots of one or more models under RAM and disk byte budgets. Thread-safe."""
 
-    def __init__(self, budget_bytes: int, policy: str = "hybrid", ladder: Sequence[str] = DEFAULT_LADDER):
+    def __init__(self, budget_bytes: int, policy: str = "hybrid", disk_dir=None,
+                 disk_budget_bytes: int | None = None, codec: str = "int8",
+                 ladder: Sequence[str] = DEFAULT_LADDER):
         if budget_bytes <= 0:
             raise KVCPUError(f"budget_bytes must be positive, not {budget_bytes}")
         self.budget = int(budget_bytes)
+        self.disk_budget = int(disk_budget_bytes) if disk_budget_bytes else 1 << 62
+        self.codec = codec
         self.ladder = tuple(ladder)
-        self.policy = make_policy(policy, self.budget)
+        self.policy_name = policy
+        self.ram_policy = make_policy(policy, self.budget)
+        self.disk_policy = make_policy(policy, self.disk_budget)
+        self.used = self.disk_used = 0
         self._entries: dict[str, _Entry] = {}
         self._prefix: dict[int, set[str]] = defaultdict(set)  # block hash -> entries holding that prefix
-        self.used = 0
-        self._stats = StoreStats()
+        self._n = _Counters()
         self._lock = threading.RLock()
+        self.disk = DiskTier(disk_dir) if disk_dir is not None else None
+        if self.disk is not None:
+            self._load_disk_index()
 
-    # -- writing ---------------------------------------------------------------------------
+    # -- the index ---------------------------------------------------------------------------
 
-    def put(self, snapshot: Snapshot, cost: float = 1.0) -> str:
-        """Keep a snapshot (replacing one with the same tokens); returns its key. `cost` is what
-        a hit saves, in prefill seconds: cost-aware policies keep what saves most per byte."""
-        if snapshot.tokens is None:
-            raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
-        tokens = np.asarray(snapshot.tokens, dtype=np.int32)
-        key = entry_key(tokens, snapshot.fingerprint)
-        entry = _Entry(snapshot.to_bytes(), tokens, snapshot.fingerprint, snapshot.packed.codec, cost)
-        with self._lock:
-            if len(entry.blob) > self.budget:
-                raise KVCPUError(f"a {len(entry.blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
-            if key in self._entries:
-                self._drop(key)
-                self.policy.on_remove(key)
-            self._entries[key] = entry
-            self.used += len(entry.blob)
-            for h in block_hashes(tokens, entry.fingerprint):
-                self._prefix[h].add(key)
-            self.policy.on_insert(key, len(entry.blob), cost)
-            self._stats.puts += 1
-            self._enforce_budget()
-        return key
+    def _index(self, key: str, entry: _Entry) -> None:
+        self._entries[key] = entry
+        for h in block_hashes(entry.tokens, entry.fingerprint):
+            self._prefix[h].add(key)
 
-    def _enforce_budget(self) -> None:
-        while self.used > self.budget:
-            victim = self.policy.victim()
-            if self._demote(victim):
-                continue
-            self._drop(victim)
-            self.policy.on_remove(victim)
-            self._stats.evictions += 1
-
-    def _demote(self, key: str) -> bool:
-        """Re-encode an entry with the next codec of the ladder; False when none is left."""
-        entry = self._entries[key]
-        rungs = self.ladder[self.ladder.index(entry.codec) + 1 :] if entry.codec in self.ladder else ()
-        if not rungs:
-            return False
-        snap = Snapshot.from_bytes(entry.blob)
-        smaller = Snapshot.from_state(snap.decode(), snap.fingerprint, rungs[0], model_name=snap.model_name,
-                                      meta=snap.meta).to_bytes()
-        self.used += len(smaller) - len(entry.blob)
-        self._stats.demotions[f"{entry.codec}->{rungs[0]}"] += 1
-        log.debug("demoted %s from %s to %s", key, entry.codec, rungs[0])
-        entry.blob, entry.codec = smaller, rungs[0]
-        self.policy.on_access(key, len(smaller), entry.cost)  # its size changed; it stays where it was
-        return True
-
-    def _drop(self, key: str) -> None:
+    def _unindex(self, key: str) -> None:
         entry = self._entries.pop(key)
-        self.used -= len(entry.blob)
         for h in block_hashes(entry.tokens, entry.fingerprint):
             holders = self._prefix.get(h)
             if holders is not None:
@@ -133,23 +98,165 @@ class KVStore:
                 if not holders:
                     del self._prefix[h]
 
+    def _load_disk_index(self) -> None:
+        """Rebuild the index from the files on disk, oldest first (so recency starts right)."""
+        found = self.disk.scan()
+        for key in set(self._entries) - set(found):
+            entry = self._entries[key]
+            if entry.disk_size:  # another process evicted it
+                self.disk_used -= entry.disk_size
+                self.disk_policy.on_remove(key)
+                entry.disk_size = 0
+                if entry.ram is None:
+                    self._unindex(key)
+        for key, info in sorted(found.items(), key=lambda kv: kv[1]["created"]):
+            if key in self._entries and self._entries[key].disk_size:
+                continue
+            entry = self._entries.get(key) or _Entry(info["tokens"], info["fingerprint"], 1.0)
+            entry.disk_size, entry.disk_codec = info["size"], info["codec"]
+            if key not in self._entries:
+                self._index(key, entry)
+            self.disk_used += entry.disk_size
+            self.disk_policy.on_insert(key, entry.disk_size, entry.cost)
+        self._enforce(self.disk_policy, "disk")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put(self, snapshot: Snapshot, cost: float = 1.0) -> str:
+        """Keep a snapshot (replacing one with the same tokens); returns its key.
+
+        `cost` is what a hit saves, in prefill seconds: cost-aware policies keep what saves most
+        per byte. With a disk tier the snapshot is written through; if that write fails (disk
+        full), the entry stays in RAM and StoreDiskError says why.
+        """
+        if snapshot.tokens is None:
+            raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
+        tokens = np.asarray(snapshot.tokens, dtype=np.int32)
+        key = entry_key(tokens, snapshot.fingerprint)
+        blob = snapshot.to_bytes()
+        codec = snapshot.packed.codec
+        with self._lock:
+            if len(blob) > self.budget and self.disk is None:
+                raise KVCPUError(f"a {len(blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
+            if key in self._entries:
+                self._forget(key)
+            entry = _Entry(tokens, snapshot.fingerprint, cost)
+            self._index(key, entry)
+            self._n.puts += 1
+            if len(blob) <= self.budget:
+                self._to_ram(key, entry, blob, codec)
+            if self.disk is not None:
+                self._to_disk(key, entry, blob, codec)
+        return key
+
+    def put_state(self, state, fingerprint: str, cost: float = 1.0, **snapshot_kw) -> str:
+        """Encode a KVState with the store's codec and keep it."""
+        return self.put(Snapshot.from_state(state, fingerprint, self.codec, **snapshot_kw), cost)
+
+    def _to_ram(self, key: str, entry: _Entry, blob: bytes, codec: str) -> None:
+        entry.ram, entry.ram_codec = blob, codec
+        self.used += len(blob)
+        self.ram_policy.on_insert(key, len(blob), entry.cost)
+        self._enforce(self.ram_policy, "ram")
+
+    def _to_disk(self, key: str, entry: _Entry, blob: bytes, codec: str) -> None:
+        try:
+            self.disk.write(key, blob)
+        except StoreDiskError:
+            self._n.disk_errors += 1
+            if entry.ram is None:
+                self._unindex(key)
+            raise
+        entry.disk_size, entry.disk_codec = len(blob), codec
+        self.disk_used += len(blob)
+        self.disk_policy.on_insert(key, len(blob), entry.cost)
+        self._enforce(self.disk_policy, "disk")
+
+    def _enforce(self, policy, tier: str) -> None:
+        budget = self.budget if tier == "ram" else self.disk_budget
+        while (self.used if tier == "ram" else self.disk_used) > budget:
+            victim = policy.victim()
+            if self._demote(victim, tier):
+                continue
+            policy.on_remove(victim)
+            self._evict(victim, tier)
+            self._n.evictions[tier] += 1
+
+    def _demote(self, key: str, tier: str) -> bool:
+        """Re-encode a tier's copy with the next codec of the ladder; False when none is left."""
+        entry = self._entries[key]
+        codec = entry.ram_codec if tier == "ram" else entry.disk_codec
+        rungs = self.ladder[self.ladder.index(codec) + 1 :] if codec in self.ladder else ()
+        if not rungs:
+            return False
+        old = entry.ram if tier == "ram" else self.disk.read(key)
+        if old is None:
+            return False  # the file went bad or away: it is evicted instead
+        snap = old if isinstance(old, Snapshot) else Snapshot.from_bytes(old)
+        blob = Snapshot.from_state(snap.decode(), snap.fingerprint, rungs[0], model_name=snap.model_name,
+                                   meta=snap.meta).to_bytes()
+        if tier == "ram":
+            self.used += len(blob) - len(entry.ram)
+            entry.ram, entry.ram_codec = blob, rungs[0]
+            self.ram_policy.on_access(key, len(blob), entry.cost)
+        else:
+            self.disk.write(key, blob)
+            self.disk_used += len(blob) - entry.disk_size
+            entry.disk_size, entry.disk_codec = len(blob), rungs[0]
+            self.disk_policy.on_access(key, len(blob), entry.cost)
+        self._n.demotions[f"{tier}:{codec}->{rungs[0]}"] += 1
+        return True
+
+    def _evict(self, key: str, tier: str) -> None:
+        """Take an entry out of one tier (the policy was told already); forget it when in neither."""
+        entry = self._entries[key]
+        if tier == "ram":
+            self.used -= len(entry.ram)
+            entry.ram = None
+        else:
+            self.disk.delete(key)
+            self.disk_used -= entry.disk_size
+            entry.disk_size = 0
+        if entry.ram is None and not entry.disk_size:
+            self._unindex(key)
+
+    def _forget(self, key: str) -> None:
+        entry = self._entries[key]
+        if entry.ram is not None:
+            self.ram_policy.on_remove(key)
+            self._evict(key, "ram")
+        if key in self._entries and entry.disk_size:
+            self.disk_policy.on_remove(key)
+            self._evict(key, "disk")
+
     def delete(self, key: str) -> None:
         with self._lock:
             if key not in self._entries:
                 raise KVCPUError(f"no entry {key!r} in the store")
-            self._drop(key)
-            self.policy.on_remove(key)
+            self._forget(key)
 
-    # -- reading ---------------------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------------
 
     def get(self, key: str) -> Snapshot:
-        """The snapshot under `key`, verified (checksum) on the way out."""
+        """The snapshot under `key`, verified (checksum); from disk it is cached in RAM."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 raise KVCPUError(f"no entry {key!r} in the store")
-            self.policy.on_access(key, len(entry.blob), entry.cost)
-            blob = entry.blob
+            if entry.ram is not None:
+                self.ram_policy.on_access(key, len(entry.ram), entry.cost)
+                blob = entry.ram
+            else:
+                snap = self.disk.read(key)
+                if snap is None:  # corrupt (now quarantined) or removed by another process
+                    self.disk_policy.on_remove(key)
+                    self._evict(key, "disk")
+                    raise KVCPUError(f"entry {key!r} could not be read back from disk; it was dropped")
+                self.disk_policy.on_access(key, entry.disk_size, entry.cost)
+                blob = snap.to_bytes()
+                if len(blob) <= self.budget:
+                    self._to_ram(key, entry, blob, snap.packed.codec)
+                return snap
         return Snapshot.from_bytes(blob)
 
     def longest_prefix(self, tokens: Sequence[int], fingerprint: str) -> Match | None:
@@ -157,7 +264,9 @@ class KVStore:
         prompt's length in blocks; an entry all of whose tokens match counts whole."""
         tokens = np.asarray(tokens, dtype=np.int32)
         with self._lock:
-            self._stats.lookups += 1
+            if self.disk is not None and self.disk.changed():
+                self._load_disk_index()  # another process wrote or removed entries
+            self._n.lookups += 1
             best, last = None, seed_hash(fingerprint)
             for i, h in enumerate(block_hashes(tokens, fingerprint)):
                 holders = self._prefix.get(h)
@@ -174,10 +283,10 @@ class KVStore:
             if best is None or not np.array_equal(self._entries[best.key].tokens[: best.n_tokens],
                                                   tokens[: best.n_tokens]):
                 return None  # hashes may collide; tokens cannot
-            self._stats.hits += 1
+            self._n.hits += 1
             return best
 
-    # -- reporting -------------------------------------------------------------------------
+    # -- reporting ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -189,16 +298,34 @@ class KVStore:
         with self._lock:
             return list(self._entries)
 
+    def entries(self) -> list[dict]:
+        """One row per entry: key, tokens, where it is, its codec and bytes per tier."""
+        with self._lock:
+            return [{"key": k, "tokens": len(e.tokens), "in_ram": e.ram is not None, "on_disk": bool(e.disk_size),
+                     "ram_bytes": len(e.ram) if e.ram is not None else 0, "disk_bytes": e.disk_size,
+                     "codec": e.ram_codec or e.disk_codec} for k, e in self._entries.items()]
+
     def stats(self) -> dict:
         with self._lock:
-            codecs: dict[str, int] = defaultdict(int)
-            for e in self._entries.values():
-                codecs[e.codec] += 1
+            n = self._n
             return {"entries": len(self._entries), "ram_bytes": self.used, "budget_bytes": self.budget,
-                    "policy": self.policy.name, "codecs": dict(codecs), **self._stats.as_dict()}
+                    "disk_bytes": self.disk_used,
+                    "disk_budget_bytes": self.disk_budget if self.disk is not None else 0,
+                    "policy": self.policy_name, "lookups": n.lookups, "hits": n.hits,
+                    "hit_ratio": n.hits / max(n.lookups, 1), "puts": n.puts, "evictions": dict(n.evictions),
+                    "demotions": dict(n.demotions), "disk_errors": n.disk_errors,
+                    "quarantined": self.disk.quarantined if self.disk is not None else 0}
 
     def close(self) -> None:
         with self._lock:
             self._entries.clear()
             self._prefix.clear()
-            self.used = 0
+            self.used = self.disk_used = 0
+            if self.disk is not None:
+                self.disk.close()
+
+    def __enter__(self) -> KVStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

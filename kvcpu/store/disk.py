@@ -1,0 +1,132 @@
+"""The disk tier: one snapshot file per entry, written atomically, verified on read.
+
+Why one file per entry rather than an append-only segment: entries are megabytes, so a file
+each costs nothing; a rename makes each write atomic on its own; deleting or evicting an
+entry frees its space at once, with no compaction; and a corrupt file costs one entry.
+
+Layout of a store directory:
+
+    entries/<key>.kvs      a Snapshot, as Snapshot.save writes it (temporary file, fsync, rename)
+    quarantine/            files that failed to parse or verify, moved aside with a warning
+    .lock                  flock: held exclusively while writing, deleting or cleaning up
+
+Processes sharing a directory serialize their writes through the lock; readers need none,
+since a rename replaces a file whole. Each process keeps its own index and rescans the
+directory when it changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import KVCPUError, SnapshotError
+from ..fileio import atomic_write
+from ..snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class StoreDiskError(KVCPUError):
+    """The store directory cannot be used: not writable, or the disk is full."""
+
+
+class DiskTier:
+    """Snapshot files under `root`, indexed by key."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self.entries_dir = self.root / "entries"
+        self.quarantine_dir = self.root / "quarantine"
+        try:
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            self.quarantine_dir.mkdir(exist_ok=True)
+            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreDiskError(f"store directory {self.root} is not usable: {exc.strerror}") from exc
+        if not os.access(self.entries_dir, os.W_OK):
+            raise StoreDiskError(f"store directory {self.entries_dir} is not writable")
+        self.quarantined = 0
+        self._scanned_mtime = None
+
+    @contextmanager
+    def locked(self):
+        """Exclusive use of the directory, across processes."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def path(self, key: str) -> Path:
+        return self.entries_dir / f"{key}.kvs"
+
+    def scan(self) -> dict[str, dict]:
+        """Index every entry file: key -> peeked header (fingerprint, tokens, codec) and size.
+        Leftover temporary files of killed writers are removed; unreadable files quarantined."""
+        with self.locked():
+            for tmp in self.entries_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)  # a writer died before its rename: never committed
+            found = {}
+            for path in self.entries_dir.glob("*.kvs"):
+                try:
+                    info = Snapshot.peek(path)
+                except (SnapshotError, OSError) as exc:
+                    self.quarantine(path, str(exc))
+                    continue
+                info["size"] = path.stat().st_size
+                found[path.stem] = info
+            self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+        return found
+
+    def changed(self) -> bool:
+        """Whether another process added or removed entries since the last scan."""
+        return self.entries_dir.stat().st_mtime_ns != self._scanned_mtime
+
+    def write(self, key: str, blob: bytes) -> None:
+        """Atomically write an entry; a full disk or a failed write leaves no partial file."""
+        try:
+            with self.locked():
+                atomic_write(self.path(key), blob)
+                self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreDiskError(f"disk full: cannot write {len(blob):,} bytes to {self.root}") from exc
+            raise StoreDiskError(f"cannot write to {self.root}: {exc.strerror or exc}") from exc
+
+    def read(self, key: str) -> Snapshot | None:
+        """The verified snapshot, or None (the file is then quarantined, or gone)."""
+        path = self.path(key)
+        try:
+            return Snapshot.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            return None  # another process evicted it
+        except (SnapshotError, OSError) as exc:
+            with self.locked():
+                self.quarantine(path, str(exc))
+            return None
+
+    def delete(self, key: str) -> None:
+        with self.locked():
+            self.path(key).unlink(missing_ok=True)
+            self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        """Move a bad file aside (never delete what might be evidence), with a warning."""
+        dest = self.quarantine_dir / f"{path.name}.{time.time_ns()}"
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return
+        self.quarantined += 1
+        log.warning("quarantined %s: %s (moved to %s)", path.name, reason, dest)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
