@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from . import container
 from .codecs import CompressedKV, codec

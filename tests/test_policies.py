@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcpu.store.policies import POLICIES, FIFO, GDSF, LFU, LRU, S3FIFO, Hybrid, make_policy, simulate
+from kvcpu.store.policies import FIFO, GDSF, LFU, LRU, POLICIES, S3FIFO, Hybrid, make_policy, simulate
 
 ops = st.lists(st.tuples(st.sampled_from(["put", "get", "del"]), st.integers(0, 15), st.integers(1, 40),
                          st.floats(0.01, 5.0)), max_size=150)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synth import random_stream, write_state
 
 from kvcpu import KVState, Snapshot
 from kvcpu.errors import KVCPUError
 from kvcpu.store import KVStore
-from synth import random_stream, write_state
 
 FP = "f" * 32
 

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_store import FP, snapshot
 
 from kvcpu.errors import KVCPUError
 from kvcpu.store import KVStore
 from kvcpu.store.disk import StoreDiskError
-from test_store import FP, snapshot
 
 TESTS = Path(__file__).resolve().parent
 WRITER = textwrap.dedent("""
