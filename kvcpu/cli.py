@@ -61,6 +61,69 @@ def models_pull(name: str) -> None:
     out.print(f"{name}: {path}")
 
 
+def _default_store_dir() -> Path:
+    return models.kvcpu_home() / "store"
+
+
+@main.group("store")
+def store_cmd() -> None:
+    """The snapshot store on disk: what it holds, and keeping it tidy."""
+
+
+def _open_store(directory: Path):
+    from .store import KVStore
+
+    return KVStore(1, disk_dir=directory)  # a 1-byte RAM budget: read the directory, cache nothing
+
+
+_DIR = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+                    help="Store directory [default: $KVCPU_HOME/store].")
+
+
+@store_cmd.command("stats")
+@_DIR
+def store_stats(directory: Path | None) -> None:
+    """Entries, bytes on disk, hit ratio, demotions and evictions (totals of every process)."""
+    with _open_store(directory or _default_store_dir()) as store:
+        s, totals = store.stats(), store.disk.counters()
+    table = Table("figure", "value")
+    table.add_row("directory", str(directory or _default_store_dir()))
+    table.add_row("entries", f"{s['entries']:,}")
+    table.add_row("bytes on disk", f"{s['disk_bytes']:,}")
+    lookups, hits = totals.get("lookups", 0), totals.get("hits", 0)
+    table.add_row("lookups / hits", f"{lookups:,} / {hits:,} ({hits / max(lookups, 1):.1%})")
+    table.add_row("puts", f"{totals.get('puts', 0):,}")
+    for kind in ("evictions", "demotions"):
+        for step, count in sorted(totals.get(kind, {}).items()):
+            table.add_row(f"{kind[:-1]} {step}", f"{count:,}")
+    table.add_row("quarantined files", str(len(list((store.disk.quarantine_dir).iterdir()))))
+    out.print(table)
+
+
+@store_cmd.command("ls")
+@_DIR
+def store_ls(directory: Path | None) -> None:
+    """One line per entry: key, tokens, codec, bytes."""
+    with _open_store(directory or _default_store_dir()) as store:
+        rows = store.entries()
+    table = Table("key", "tokens", "codec", "bytes on disk")
+    for r in sorted(rows, key=lambda r: -r["tokens"]):
+        table.add_row(r["key"], f"{r['tokens']:,}", r["codec"], f"{r['disk_bytes']:,}")
+    out.print(table)
+    out.print(f"{len(rows)} entries, {sum(r['disk_bytes'] for r in rows):,} bytes")
+
+
+@store_cmd.command("gc")
+@_DIR
+@click.option("--verify", is_flag=True, help="Read every entry in full and check its checksum.")
+def store_gc(directory: Path | None, verify: bool) -> None:
+    """Remove leftovers of killed writers, quarantine unreadable files, optionally verify all."""
+    with _open_store(directory or _default_store_dir()) as store:
+        r = store.gc(verify=verify)
+    out.print(f"{r['entries']} entries, {r['disk_bytes']:,} bytes; quarantined {r['quarantined']}, "
+              f"dropped {r['dropped_unreadable']} unreadable")
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def inspect(path: Path) -> None:

@@ -32,3 +32,23 @@ def test_inspect_of_a_foreign_file_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 1
     assert "not a kvcpu snapshot" in result.output and "Traceback" not in result.output
+
+
+def test_store_commands_report_a_directory(tmp_path):
+    from test_store import snapshot
+
+    from kvcpu.store import KVStore
+
+    with KVStore(1 << 20, disk_dir=tmp_path) as store:
+        keys = [store.put(snapshot([i] * 40, seed=i)) for i in range(3)]
+        store.longest_prefix([1] * 40, "f" * 32)
+    runner = CliRunner()
+    listing = runner.invoke(main, ["store", "ls", "--dir", str(tmp_path)])
+    assert listing.exit_code == 0, listing.output
+    assert all(k in listing.output for k in keys) and "3 entries" in listing.output
+    stats = runner.invoke(main, ["store", "stats", "--dir", str(tmp_path)])
+    assert stats.exit_code == 0, stats.output
+    assert "entries" in stats.output and "(100.0%)" in stats.output
+    (tmp_path / "entries" / f"{keys[0]}.kvs").write_bytes(b"KVCPUSNP garbage")
+    gc = runner.invoke(main, ["store", "gc", "--dir", str(tmp_path), "--verify"])
+    assert gc.exit_code == 0 and "2 entries" in gc.output and "quarantined 1" in gc.output

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import time
@@ -125,6 +126,34 @@ class DiskTier:
             return
         self.quarantined += 1
         log.warning("quarantined %s: %s (moved to %s)", path.name, reason, dest)
+
+    def add_counters(self, counters: dict) -> dict:
+        """Add this process's counters to the directory's running totals (stats.json)."""
+        path = self.root / "stats.json"
+        with self.locked():
+            try:
+                totals = json.loads(path.read_text())
+            except (OSError, ValueError):
+                totals = {}
+            for name, value in counters.items():
+                if isinstance(value, dict):
+                    sub = totals.setdefault(name, {})
+                    for k, v in value.items():
+                        sub[k] = sub.get(k, 0) + v
+                else:
+                    totals[name] = totals.get(name, 0) + value
+            try:
+                atomic_write(path, json.dumps(totals, indent=1).encode())
+            except OSError as exc:
+                log.warning("could not update %s: %s", path, exc)
+        return totals
+
+    def counters(self) -> dict:
+        """The running totals of every process that used this directory."""
+        try:
+            return json.loads((self.root / "stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def close(self) -> None:
         if self._lock_fd is not None:

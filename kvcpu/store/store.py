@@ -305,6 +305,23 @@ class KVStore:
                      "ram_bytes": len(e.ram) if e.ram is not None else 0, "disk_bytes": e.disk_size,
                      "codec": e.ram_codec or e.disk_codec} for k, e in self._entries.items()]
 
+    def gc(self, verify: bool = False) -> dict:
+        """Rescan the directory (removing temporary files of dead writers, quarantining unreadable
+        files), enforce the disk budget, and with verify=True read every file in full."""
+        if self.disk is None:
+            raise KVCPUError("gc needs a disk tier")
+        with self._lock:
+            self._load_disk_index()
+            bad = 0
+            if verify:
+                for key in [k for k, e in self._entries.items() if e.disk_size]:
+                    if self.disk.read(key) is None:
+                        self.disk_policy.on_remove(key)
+                        self._evict(key, "disk")
+                        bad += 1
+            return {"entries": len(self._entries), "disk_bytes": self.disk_used, "dropped_unreadable": bad,
+                    "quarantined": self.disk.quarantined}
+
     def stats(self) -> dict:
         with self._lock:
             n = self._n
@@ -317,7 +334,13 @@ class KVStore:
                     "quarantined": self.disk.quarantined if self.disk is not None else 0}
 
     def close(self) -> None:
+        """Forget the RAM tier; with a disk tier, add this process's counters to its totals."""
         with self._lock:
+            if self.disk is not None and self.disk._lock_fd is not None:
+                n = self._n
+                self.disk.add_counters({"lookups": n.lookups, "hits": n.hits, "puts": n.puts,
+                                        "evictions": dict(n.evictions), "demotions": dict(n.demotions),
+                                        "disk_errors": n.disk_errors})
             self._entries.clear()
             self._prefix.clear()
             self.used = self.disk_used = 0
