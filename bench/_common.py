@@ -52,8 +52,9 @@ def markdown_table(columns: list[tuple[str, str]], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, payload: dict, markdown: str, command: str) -> None:
-    """bench/results/NAME.json and NAME.md, and the README section between the NAME markers."""
+def write_results(name: str, payload: dict, markdown: str, command: str, readme: str | None = None) -> None:
+    """bench/results/NAME.json and NAME.md, and the README section between the NAME markers
+    (`readme`, a shorter table, when given; else the whole markdown)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "command": command, "environment": environment(), **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -63,9 +64,10 @@ def write_results(name: str, payload: dict, markdown: str, command: str) -> None
               f"{m['ram_bytes'] / 2**30:.0f} GiB RAM; llama-cpp-python {env['llama_cpp_python']}, "
               f"commit {env['commit'] or '?'}, {env['date']}.</sub>")
     (RESULTS / f"{name}.md").write_text(markdown + footer + "\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+    readme_path = ROOT / "README.md"
+    text = readme_path.read_text()
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+    section = (readme if readme is not None else markdown) + footer + "\n"
     if pattern.search(text):
-        readme.write_text(pattern.sub(lambda mt: mt.group(1) + markdown + footer + mt.group(2), text))
+        readme_path.write_text(pattern.sub(lambda mt: mt.group(1) + section + mt.group(2), text))
     print(markdown + footer)

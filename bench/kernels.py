@@ -139,8 +139,17 @@ def main() -> None:
                             ("encode_ms|encode ms", ".1f"), ("decode_ms|decode ms", ".1f"),
                             ("prefix_decode_ms|prefix decode ms", ".1f")], lrows))
     cmd = "python bench/kernels.py" + ("" if args.tokens == 2000 else f" --tokens {args.tokens}")
+    blocked = [r for r in lrows if r["layout"] == "blocked"]
+    readme = (markdown_table([("impl|impl", "s"), ("kernel|kernel", "s"), ("encode_gbs|encode GB/s", ".2f"),
+                              ("decode_gbs|decode GB/s", ".2f"), ("encode_vs_gguf_q8|encode vs gguf Q8_0", ".0f")],
+                             krows)
+              + f"\n\nA whole {args.tokens}-token state ({m.nbytes / 1e6:.0f} MB of f16), blocked layout:\n\n"
+              + markdown_table([("codec|codec", "s"), ("ratio|ratio", ".2f"), ("encode_ms|encode ms", ".1f"),
+                                ("decode_ms|decode ms", ".1f"), ("prefix_decode_ms|first-quarter decode ms", ".1f")],
+                               blocked)
+              + "\n\nEvery layout: `bench/results/kernels.md`.")
     write_results("kernels", {"tokens": args.tokens, "input_bytes": m.nbytes, "kernels": krows, "layouts": lrows},
-                  md, cmd)
+                  md, cmd, readme)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,13 @@ def main() -> None:
           + "\n\n![ratio against KL](quality.png)")
     default = args.prefix == 1000 and args.continuation == 256
     cmd = "python bench/quality.py" + ("" if default else f" --prefix {args.prefix} --continuation {args.continuation}")
-    write_results("quality", {"prefix_tokens": len(prefix), "continuation_tokens": len(cont), "rows": rows}, md, cmd)
+    short = [r for r in rows if r["layout"] in ("blocked", "raw", "-")]
+    readme = markdown_table([("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
+                             ("top1_agreement|top-1 agree", ".3f"), ("ppl_candidate|perplexity", ".2f")], short)
+    readme += ("\n\nEvery layout and variant: `bench/results/quality.md`; the plot: `bench/results/quality.png`. "
+               f"Perplexity of the exact state: {rows[0]['ppl_reference']:.2f}.")
+    write_results("quality", {"prefix_tokens": len(prefix), "continuation_tokens": len(cont), "rows": rows}, md, cmd,
+                  readme)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def store_cmd() -> None:
 def _open_store(directory: Path):
     from .store import KVStore
 
+    if not (directory / "entries").is_dir():
+        raise KVCPUError(f"no kvcpu store at {directory}")
     return KVStore(1, disk_dir=directory)  # a 1-byte RAM budget: read the directory, cache nothing
 
 

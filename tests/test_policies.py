@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcpu.store.policies import FIFO, GDSF, LFU, LRU, POLICIES, S3FIFO, Hybrid, make_policy, simulate
+from kvcpu.store.policies import FIFO, GDS, GDSF, LFU, LRU, POLICIES, S3FIFO, Hybrid, make_policy, simulate
 
 ops = st.lists(st.tuples(st.sampled_from(["put", "get", "del"]), st.integers(0, 15), st.integers(1, 40),
                          st.floats(0.01, 5.0)), max_size=150)
@@ -91,17 +91,25 @@ def test_s3fifo_probation_ghosts_and_promotion():
     assert s3.victim() == "c" and "b" in s3.main
 
 
+def test_gds_evicts_the_largest_then_ages():
+    gds = GDS(1000)
+    assert _run(gds, [("put", "big", 500), ("put", "small", 10)]) == "big"
+    gds.on_remove("big")
+    gds.on_insert("new", 10, 1.0)  # as small as small, but L has risen since: it outranks it
+    assert gds.victim() == "small"
+
+
 def test_hybrid_learns_from_its_mistakes():
     h = Hybrid(100, seed=1)
-    h.weights = {"lru": 0.99, "gdsf": 0.01}  # force the LRU expert to choose
+    h.weights = {"gds": 0.99, "s3fifo": 0.01}  # all but force the recency expert to choose
     for key in "abc":
         h.on_insert(key, 10, 1.0)
     victim = h.victim()
-    assert victim == "a" and "a" in h.ghosts["lru"]
+    assert victim == "a" and "a" in h.ghosts["gds"]  # equal sizes: the oldest goes
     h.on_remove("a")
-    before = h.weights["lru"]
-    h.on_insert("a", 10, 1.0)  # a was wanted again: LRU's mistake
-    assert h.weights["lru"] < before and abs(sum(h.weights.values()) - 1) < 0.05
+    before = h.weights["gds"]
+    h.on_insert("a", 10, 1.0)  # a was wanted again: that expert's mistake
+    assert h.weights["gds"] < before and abs(sum(h.weights.values()) - 1) < 0.05
 
 
 def test_unknown_policy_is_a_clear_error():

@@ -135,6 +135,16 @@ class GDSF(_PriorityPolicy):
         return self.inflation + self.freq[key] * max(cost, 1e-9) / max(size, 1)
 
 
+class GDS(_PriorityPolicy):
+    """GreedyDual-Size with unit cost: priority = L + 1 / size. Recency through the aging of
+    L, and small entries first: what maximizes the number of hits per byte."""
+
+    name = "gds"
+
+    def priority(self, key, size, cost):
+        return self.inflation + 1.0 / max(size, 1)
+
+
 class S3FIFO(Policy):
     """S3-FIFO (Yang et al., SOSP 2023): a small probationary FIFO (10% of bytes), a main FIFO
     with 2-bit frequencies, and a ghost FIFO of keys recently evicted from the small one."""
@@ -197,21 +207,25 @@ class S3FIFO(Policy):
 
 
 class Hybrid(Policy):
-    """Learns online between recency (LRU) and cost-aware frequency (GDSF), as LeCaR does.
+    """Learns online which of its experts to follow, as LeCaR does. By default two experts see
+    every key: recency weighed by size (GreedyDual-Size: small and recent stay) and scan
+    resistance with frequency (S3-FIFO: one-off entries leave first). bench/eviction.py
+    measured this pair against three (adding GreedyDual-Size-Frequency) and LFU variants.
 
-    Each expert keeps its own order. A victim is the choice of an expert drawn by weight; the
-    key goes into that expert's ghost history. A later miss on a ghost key is that expert's
-    regret: its weight shrinks by exp(-rate * discount^age), and recency or frequency wins out.
+    A victim is the choice of an expert drawn by weight; the key goes into that expert's
+    ghost history. A later miss on a ghost key is that expert's regret: its weight shrinks by
+    exp(-rate * discount^age), so the expert that fits the workload wins out. cost_aware=True
+    values entries by the prefill seconds they save rather than one hit each.
     """
 
     name = "hybrid"
 
     def __init__(self, capacity_bytes: int, learning_rate: float = 0.45, seed: int = 0,
-                 cost_aware: bool = True):
+                 cost_aware: bool = False, experts: tuple[str, ...] = ("gds", "s3fifo")):
         super().__init__(capacity_bytes)
-        self.experts = {"lru": LRU(capacity_bytes), "gdsf": GDSF(capacity_bytes)}
-        self.weights = {"lru": 0.5, "gdsf": 0.5}
-        self.ghosts: dict[str, OrderedDict] = {"lru": OrderedDict(), "gdsf": OrderedDict()}
+        self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
+        self.weights = {name: 1 / len(experts) for name in experts}
+        self.ghosts: dict[str, OrderedDict] = {name: OrderedDict() for name in experts}
         self.rate = learning_rate
         self.cost_aware = cost_aware
         self.rng = random.Random(seed)
@@ -245,7 +259,8 @@ class Hybrid(Policy):
             e.on_remove(key)
 
     def victim(self):
-        name = "lru" if self.rng.random() < self.weights["lru"] / sum(self.weights.values()) else "gdsf"
+        names = list(self.weights)
+        name = self.rng.choices(names, weights=[self.weights[n] for n in names])[0]
         key = self.experts[name].victim()
         ghost = self.ghosts[name]
         ghost[key] = self.time
@@ -254,7 +269,8 @@ class Hybrid(Policy):
         return key
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDSF, S3FIFO, Hybrid)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, S3FIFO)}
+POLICIES["hybrid"] = Hybrid
 
 
 def make_policy(name: str, capacity_bytes: int, **params) -> Policy:
