@@ -33,7 +33,7 @@ class _Group(click.Group):
 @click.version_option(package_name="kvcpu")
 def main(verbose: int) -> None:
     """kvcpu: keep the KV cache of local GGUF models as compressed snapshots."""
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose + 1, 2)]
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
@@ -124,6 +124,40 @@ def store_gc(directory: Path | None, verify: bool) -> None:
         r = store.gc(verify=verify)
     out.print(f"{r['entries']} entries, {r['disk_bytes']:,} bytes; quarantined {r['quarantined']}, "
               f"dropped {r['dropped_unreadable']} unreadable")
+
+
+@main.command()
+@click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
+@click.option("--codec", default="int8", show_default=True, help="Codec of stored snapshots.")
+@click.option("--budget-mb", default=512, show_default=True, help="RAM budget of the store, in MB.")
+@click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
+@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where conversations persist [default: $KVCPU_HOME/store].")
+@click.option("--conversation", default="default", show_default=True, help="Conversation to start in.")
+@click.option("--once", "once", default=None, metavar="MESSAGE", help="Print one reply to MESSAGE and exit.")
+@click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--n-ctx", default=4096, show_default=True, help="Context size; longer conversations shift.")
+def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tokens, temperature, n_ctx) -> None:
+    """Chat with a local model; every conversation resumes from its stored KV state."""
+    from .chat import ChatConfig, ChatLoop
+    from .session import Session
+
+    session = Session(model, codec=codec, budget_bytes=budget_mb << 20, policy=policy, n_ctx=n_ctx,
+                      disk_dir=store_dir or _default_store_dir(), progress=True)
+    try:
+        if once is not None:
+            for chunk in session.chat(conversation, once, max_tokens=max_tokens, temperature=temperature,
+                                      stream=True):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
+        config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
+                            interactive=sys.stdin.isatty())
+        ChatLoop(session, sys.stdin, sys.stdout, config).run()
+    finally:
+        session.close()
 
 
 @main.command()

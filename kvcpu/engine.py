@@ -120,6 +120,17 @@ class Engine:
         return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
 
     @property
+    def chat_template(self) -> str | None:
+        """The GGUF's Jinja chat template, if it ships one."""
+        return self.llama.metadata.get("tokenizer.chat_template")
+
+    def special_text(self, which: str) -> str:
+        """The text of the 'bos' or 'eos' token, for chat templates."""
+        model = self.llama._model
+        token = model.token_bos() if which == "bos" else model.token_eos()
+        return model.token_get_text(token) if token >= 0 else ""
+
+    @property
     def n_past(self) -> int:
         """Tokens held in sequence 0 of the KV cache."""
         return self.llama.n_tokens
@@ -234,6 +245,23 @@ class Engine:
         if seq_id == 0:
             self.llama.input_ids[: len(tokens)] = tokens
             self.llama.n_tokens = len(tokens)
+        self._has_logits = False
+
+    def shift_context(self, keep: int, n_drop: int) -> None:
+        """Drop tokens keep..keep+n_drop of sequence 0 and shift the rest down (llama.cpp
+        re-rotates their keys), as StreamingLLM keeps its attention sinks and a recent window."""
+        import llama_cpp
+
+        if not 0 <= keep and 0 < n_drop <= self.n_past - keep:
+            raise EngineError(f"cannot drop {n_drop} tokens after {keep} of {self.n_past}")
+        tokens = self.tokens
+        mem = llama_cpp.llama_get_memory(self.llama.ctx)
+        if not llama_cpp.llama_memory_seq_rm(mem, 0, keep, keep + n_drop):
+            raise EngineError("llama.cpp could not remove tokens from this cache")
+        llama_cpp.llama_memory_seq_add(mem, 0, keep + n_drop, -1, -n_drop)
+        kept = tokens[:keep] + tokens[keep + n_drop :]
+        self.llama.input_ids[: len(kept)] = kept
+        self.llama.n_tokens = len(kept)
         self._has_logits = False
 
     def _memory_seq_rm(self, seq_id: int, p0: int, p1: int) -> None:

@@ -22,6 +22,11 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
+def cpu_percent() -> float:
+    """This process's CPU use since the last call, in percent of one core (psutil)."""
+    return _PROC.cpu_percent(interval=None)
+
+
 @dataclass
 class Timing:
     """Filled in when the `timed` block ends."""

@@ -122,12 +122,14 @@ class KVStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put(self, snapshot: Snapshot, cost: float = 1.0) -> str:
+    def put(self, snapshot: Snapshot, cost: float = 1.0, supersede: bool = True) -> str:
         """Keep a snapshot (replacing one with the same tokens); returns its key.
 
         `cost` is what a hit saves, in prefill seconds: cost-aware policies keep what saves most
-        per byte. With a disk tier the snapshot is written through; if that write fails (disk
-        full), the entry stays in RAM and StoreDiskError says why.
+        per byte. With supersede, entries whose tokens are a prefix of this one's are dropped:
+        this one restores their prefixes too (to a whole block), as a conversation's new turn
+        replaces its last. With a disk tier the snapshot is written through; if that write fails
+        (disk full), the entry stays in RAM and StoreDiskError says why.
         """
         if snapshot.tokens is None:
             raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
@@ -140,6 +142,9 @@ class KVStore:
                 raise KVCPUError(f"a {len(blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
             if key in self._entries:
                 self._forget(key)
+            if supersede:
+                for old in self._prefixes_of(tokens, snapshot.fingerprint):
+                    self._forget(old)
             entry = _Entry(tokens, snapshot.fingerprint, cost)
             self._index(key, entry)
             self._n.puts += 1
@@ -148,6 +153,24 @@ class KVStore:
             if self.disk is not None:
                 self._to_disk(key, entry, blob, codec)
         return key
+
+    def _prefixes_of(self, tokens: np.ndarray, fingerprint: str) -> list[str]:
+        """Keys of shorter entries whose tokens are a prefix of `tokens`."""
+        found = set()
+        for h in block_hashes(tokens, fingerprint):
+            holders = self._prefix.get(h)
+            if not holders:
+                break
+            found |= holders
+        found |= {k for k in (self.lookup_exact(tokens[:n], fingerprint)
+                              for n in range(max(1, len(tokens) - BLOCK_TOKENS), len(tokens))) if k}
+        return [k for k in found if len(self._entries[k].tokens) < len(tokens)
+                and np.array_equal(self._entries[k].tokens, tokens[: len(self._entries[k].tokens)])]
+
+    def lookup_exact(self, tokens: Sequence[int], fingerprint: str) -> str | None:
+        """The key of the entry holding exactly these tokens, if any (not counted as a lookup)."""
+        key = entry_key(np.asarray(tokens, dtype=np.int32), fingerprint)
+        return key if key in self._entries else None
 
     def put_state(self, state, fingerprint: str, cost: float = 1.0, **snapshot_kw) -> str:
         """Encode a KVState with the store's codec and keep it."""
