@@ -245,9 +245,17 @@ def main() -> None:
           + "\n\nMedian time of one eviction decision (victim()), in microseconds: "
           + "; ".join(f"{t}: " + ", ".join(f"{p} {v:.1f}" for p, v in d.items()) for t, d in decisions.items())
           + "\n\n" + " ".join(f"![{n}](eviction-{n}.png)" for n in traces))
+    readme = (markdown_table([("trace|trace", "s"), ("fraction|budget", ".0%"), ("hybrid|hybrid hit ratio", ".3f"),
+                              ("vs_best_simple_pts|vs best of lru/lfu/fifo (pts)", "+.1f"),
+                              ("vs_arc_pts|vs libCacheSim ARC (pts)", "+.1f"),
+                              ("gap_closed|LRU-to-BeladySize gap closed", ".0%")], goals)
+              + "\n\nMedian eviction decision of hybrid: "
+              + ", ".join(f"{t} {d['hybrid']:.1f} us" for t, d in decisions.items())
+              + ". Every policy and budget: `bench/results/eviction.md`; traces: `bench/results/traces/`.")
     write_results("eviction", {"traces": files, "fractions": FRACTIONS, "rows": rows, "targets": goals,
                                "decision_median_us": decisions}, md,
-                  "python bench/eviction.py" + ("" if args.requests == 40_000 else f" --requests {args.requests}"))
+                  "python bench/eviction.py" + ("" if args.requests == 40_000 else f" --requests {args.requests}"),
+                  readme)
 
 
 if __name__ == "__main__":

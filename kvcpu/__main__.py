@@ -1,0 +1,5 @@
+"""`python -m kvcpu` is the `kvcpu` command."""
+
+from .cli import main
+
+main()
