@@ -119,3 +119,25 @@ def test_chat_loop_commands(model_path, session):
     assert "error: no conversation 'nobody'" in text and "forgot 'z'" in text
     assert re.search(r"\* z: 1 turns, \d+ tokens", text)
     assert not np.any([line.startswith("* z") for line in text.split("forgot 'z'")[1].splitlines()])
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(model_path, tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "kvcpu", "chat", "--model", str(model_path), "--store-dir",
+                             str(tmp_path / "store"), "--max-tokens", "400"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc.stdin.write("/new k\nTell me a very long story about a lighthouse keeper and the sea.\n")
+    proc.stdin.flush()
+    seen = ""
+    while "conversation 'k'" not in seen or len(seen) < len("conversation 'k'") + 60:
+        seen += proc.stdout.read(1)  # the reply streams in; wait for some of it
+    proc.send_signal(signal.SIGINT)
+    proc.stdin.write("/list\n/quit\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    text = seen + out
+    assert "[stopped]" in text
+    turn = re.search(r"\* k: 1 turns, (\d+) tokens", text)
+    assert turn and int(turn.group(1)) > 40  # the prompt and the part of the reply that was generated
