@@ -8,6 +8,5 @@ from numba import njit
 
 JIT_FLAGS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 
-kernel = njit(**JIT_FLAGS)
 parallel_kernel = njit(parallel=True, **JIT_FLAGS)
 inline = njit(inline="always", **JIT_FLAGS)

@@ -12,31 +12,45 @@ from numba import prange
 
 from ._flags import inline, parallel_kernel
 
+LANES = 32  # tokens per tile: rows are rotated 32 at a time, across the tile's lanes
+
 
 @inline
-def fwht_segment(buf, start, d):
-    """In place: buf[start:start+d] (float32, d a power of two) <- H_d @ it / sqrt(d)."""
+def fwht_tile(t, start, d, m):
+    """Rotate channels start..start+d of the first m lanes (tokens) of tile t (e, LANES), in
+    place. The lanes are innermost, so every butterfly stage vectorizes across tokens."""
     h = 1
     while h < d:
-        for i in range(start, start + d, 2 * h):
-            for j in range(i, i + h):
-                a = buf[j]
-                b = buf[j + h]
-                buf[j] = a + b
-                buf[j + h] = a - b
+        for base in range(start, start + d, 2 * h):
+            for j in range(base, base + h):
+                for i in range(m):
+                    a = t[j, i]
+                    b = t[j + h, i]
+                    t[j, i] = a + b
+                    t[j + h, i] = a - b
         h *= 2
     norm = np.float32(1.0 / math.sqrt(d))
     for j in range(start, start + d):
-        buf[j] *= norm
+        for i in range(m):
+            t[j, i] *= norm
 
 
 @parallel_kernel
 def _rotate_rows(x, head_dim):
-    """x: (n, e) float32, rotated in place, each run of head_dim channels on its own."""
-    for i in prange(x.shape[0]):
-        row = x[i]
-        for start in range(0, x.shape[1], head_dim):
-            fwht_segment(row, start, head_dim)
+    """x: (n, e) float32, every head of head_dim channels rotated in place."""
+    n, e = x.shape
+    for c in prange((n + LANES - 1) // LANES):
+        r0 = c * LANES
+        m = min(LANES, n - r0)
+        t = np.empty((e, LANES), np.float32)
+        for i in range(m):
+            for j in range(e):
+                t[j, i] = x[r0 + i, j]
+        for start in range(0, e, head_dim):
+            fwht_tile(t, start, head_dim, m)
+        for i in range(m):
+            for j in range(e):
+                x[r0 + i, j] = t[j, i]
 
 
 def check_head_dim(n_embd: int, head_dim: int) -> None:

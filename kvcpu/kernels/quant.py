@@ -16,6 +16,7 @@ from numba.extending import overload
 
 from ._flags import inline, parallel_kernel
 from .f16 import float_to_half, half_to_float
+from .hadamard import LANES, fwht_tile
 
 
 def load(v):
@@ -72,28 +73,9 @@ def _code(x, inv, z, lo, qmax):
     return np.int8(min(max(np.rint((x - z) * inv), np.float32(lo)), np.float32(qmax)))
 
 
-_LANES = 32  # tokens per tile: a tile is (e, _LANES) float32, channel-major, so that every
-# loop below runs across tokens in its innermost dimension and vectorizes (per-group loops
-# of 32 channels along a row did not), Hadamard stages included.
-
-
-@inline
-def _fwht_tile(t, start, d, m):
-    """Rotate channels start..start+d of every token (lane) of tile t (e, lanes), in place."""
-    h = 1
-    while h < d:
-        for base in range(start, start + d, 2 * h):
-            for j in range(base, base + h):
-                for i in range(m):
-                    a = t[j, i]
-                    b = t[j + h, i]
-                    t[j, i] = a + b
-                    t[j + h, i] = a - b
-        h *= 2
-    norm = np.float32(1.0 / np.sqrt(d))
-    for j in range(start, start + d):
-        for i in range(m):
-            t[j, i] *= norm
+# Per-token kernels work on tiles of LANES tokens: (e, LANES) float32, channel-major, so that
+# every loop runs across tokens in its innermost dimension and vectorizes (per-group loops of
+# 32 channels along a row did not), Hadamard stages included.
 
 
 @parallel_kernel
@@ -105,21 +87,21 @@ def _quantize_rows(src, group, qmax, symmetric, head_dim, q, scale, zero):
     n, e = src.shape
     n_groups = (e + group - 1) // group
     lo_code = -qmax if symmetric else 0
-    for c in prange((n + _LANES - 1) // _LANES):
-        r0 = c * _LANES
-        m = min(_LANES, n - r0)
-        t = np.empty((e, _LANES), np.float32)
-        qt = np.empty((e, _LANES), np.int8)
+    for c in prange((n + LANES - 1) // LANES):
+        r0 = c * LANES
+        m = min(LANES, n - r0)
+        t = np.empty((e, LANES), np.float32)
+        qt = np.empty((e, LANES), np.int8)
         for i in range(m):
             for j in range(e):
                 t[j, i] = load(src[r0 + i, j])
         if head_dim > 0:
             for start in range(0, e, head_dim):
-                _fwht_tile(t, start, head_dim, m)
-        mn = np.empty(_LANES, np.float32)
-        mx = np.empty(_LANES, np.float32)
-        inv = np.empty(_LANES, np.float32)
-        zz = np.empty(_LANES, np.float32)
+                fwht_tile(t, start, head_dim, m)
+        mn = np.empty(LANES, np.float32)
+        mx = np.empty(LANES, np.float32)
+        inv = np.empty(LANES, np.float32)
+        zz = np.empty(LANES, np.float32)
         for g in range(n_groups):
             lo = g * group
             hi = min(lo + group, e)
@@ -148,12 +130,12 @@ def _dequantize_rows(q, scale, zero, group, head_dim, dst, dst_transposed):
     dst_transposed, which the channel-major tile writes without a separate transpose."""
     n, e = q.shape
     n_groups = (e + group - 1) // group
-    for c in prange((n + _LANES - 1) // _LANES):
-        r0 = c * _LANES
-        m = min(_LANES, n - r0)
-        t = np.empty((e, _LANES), np.float32)
-        s = np.empty(_LANES, np.float32)
-        z = np.empty(_LANES, np.float32)
+    for c in prange((n + LANES - 1) // LANES):
+        r0 = c * LANES
+        m = min(LANES, n - r0)
+        t = np.empty((e, LANES), np.float32)
+        s = np.empty(LANES, np.float32)
+        z = np.empty(LANES, np.float32)
         for g in range(n_groups):
             for i in range(m):
                 s[i] = half_to_float(scale[r0 + i, g])
@@ -163,8 +145,8 @@ def _dequantize_rows(q, scale, zero, group, head_dim, dst, dst_transposed):
                     t[j, i] = np.float32(q[r0 + i, j]) * s[i] + z[i]
         if head_dim > 0:
             for start in range(0, e, head_dim):
-                _fwht_tile(t, start, head_dim, m)
-        out = np.empty((e, _LANES), dst.dtype)  # convert across lanes (vectorizes), then transpose
+                fwht_tile(t, start, head_dim, m)
+        out = np.empty((e, LANES), dst.dtype)  # convert across lanes (vectorizes), then transpose
         for j in range(e):
             for i in range(m):
                 store(out, j, i, t[j, i])
