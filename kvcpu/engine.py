@@ -247,6 +247,13 @@ class Engine:
             self.llama.n_tokens = len(tokens)
         self._has_logits = False
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first n tokens of sequence 0."""
+        if n <= 0:
+            self.reset()
+        elif n < self.n_past:
+            self.shift_context(n, self.n_past - n)
+
     def shift_context(self, keep: int, n_drop: int) -> None:
         """Drop tokens keep..keep+n_drop of sequence 0 and shift the rest down (llama.cpp
         re-rotates their keys), as StreamingLLM keeps its attention sinks and a recent window."""

@@ -29,6 +29,10 @@ from .store import KVStore
 
 log = logging.getLogger(__name__)
 
+# What a stored entry is worth to cost-aware eviction: the prefill seconds a hit saves, at
+# SmolLM2's rate on 2 cores (DESIGN.md); only the ratio between entries matters.
+PREFILL_TOKENS_PER_S = 180.0
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -161,7 +165,7 @@ class Session:
         finally:  # also when the consumer stops early (Ctrl-C): the turn is kept as far as it got
             decode_s = time.perf_counter() - t2
             reply = self.engine.detokenize(generated)
-            snapshot_bytes = self._finish(conv, messages, prompt, prompt_text, generated, reply)
+            snapshot_bytes = self._finish(conv, messages, prompt_text, reply)
             self.last_turn = TurnStats(
                 tokens_restored=restored, tokens_prefilled=len(prompt) - base, tokens_generated=len(generated),
                 restore_ms=restore_ms, prefill_ms=prefill_ms, ttft_ms=ttft_ms or (time.perf_counter() - t0) * 1e3,
@@ -190,8 +194,7 @@ class Session:
         common = _common_prefix(held, prompt)
         match = self.store.longest_prefix(prompt[:-1], self.fingerprint)  # at least one token to eval
         if match is None or match.n_tokens <= common:
-            if common < len(held):
-                self.engine.shift_context(common, len(held) - common) if common else self.engine.reset()
+            self.engine.truncate(common)  # what the engine holds already is the longest prefix
             return common, (time.perf_counter() - t0) * 1e3
         try:
             snap = self.store.get(match.key)
@@ -218,17 +221,15 @@ class Session:
         self.engine.shift_context(keep, n_drop)
         return True
 
-    def _finish(self, conv, messages, prompt, prompt_text, generated, reply) -> int:
+    def _finish(self, conv, messages, prompt_text, reply) -> int:
         """Close the assistant message, remember the conversation, store its new state."""
         messages = messages + [{"role": "assistant", "content": reply}]
         full_text = self._render(messages, False)
         closing = full_text[len(prompt_text) + len(reply):] if full_text.startswith(prompt_text + reply) else ""
-        tokens = prompt + generated
-        if closing:
+        if closing:  # evaluated now, so that the stored state is exactly the conversation so far
             closing_tokens = self.engine.tokenize(closing, add_bos=False)
             if self.engine.n_past + len(closing_tokens) <= self.engine.config.n_ctx:
                 self.engine.eval(closing_tokens)
-                tokens = tokens + closing_tokens
         conv.messages, conv.text = messages, full_text if closing else prompt_text + reply
         conv.tokens = self.engine.tokens
         nbytes = 0
@@ -236,7 +237,7 @@ class Session:
             snap = Snapshot.from_state(self.engine.get_state(), self.fingerprint, self.codec,
                                        model_name=self.engine.info.path, meta={"conversation": conv.id})
             nbytes = len(snap.to_bytes())
-            self.store.put(snap, cost=len(conv.tokens) / 180.0)
+            self.store.put(snap, cost=len(conv.tokens) / PREFILL_TOKENS_PER_S)
         except KVCPUError as exc:
             log.warning("could not store the state of %s: %s", conv.id, exc)
         self._save_conversation_file(conv)
@@ -278,7 +279,7 @@ class Session:
                             str(data["text"]))
         if not np.array_equal(np.asarray(snap.tokens), np.asarray(conv.tokens)):
             raise KVCPUError(f"{path}: the conversation's tokens do not match its snapshot")
-        self.store.put(snap, cost=len(conv.tokens) / 180.0)
+        self.store.put(snap, cost=len(conv.tokens) / PREFILL_TOKENS_PER_S)
         self.conversations[conv.id] = conv
         self._save_conversation_file(conv)
         return conv.id
