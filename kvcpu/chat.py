@@ -120,8 +120,9 @@ class ChatLoop:
     def cmd_stats(self, arg: str) -> None:
         s = self.session.stats()
         self.say(f"RSS {s['rss_bytes'] / 2**20:.0f} MB, CPU {s['cpu_seconds']:.1f} s ({s['cpu_percent']:.0f}% now)")
-        self.say(f"store: {s['entries']} entries, RAM {s['ram_bytes'] / 1e6:.1f} of {s['budget_bytes'] / 1e6:.0f} MB, "
-                 f"disk {s['disk_bytes'] / 1e6:.1f} MB, hit ratio {s['hit_ratio']:.0%} "
+        mib = 2**20
+        self.say(f"store: {s['entries']} entries, RAM {s['ram_bytes'] / mib:.1f} of {s['budget_bytes'] / mib:.0f} MiB, "
+                 f"disk {s['disk_bytes'] / mib:.1f} MiB, hit ratio {s['hit_ratio']:.0%} "
                  f"({s['hits']}/{s['lookups']}), evictions {s['evictions'] or 0}, demotions {s['demotions'] or 0}")
         t = self.session.last_turn
         if t is not None:
