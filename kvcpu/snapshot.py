@@ -117,8 +117,16 @@ class Snapshot:
         if not ckv.get("has_tokens") or len(tokens) != 4 * n:
             raise SnapshotHeaderError("snapshot holds no token ids")
         return {"fingerprint": fingerprint, "tokens": np.frombuffer(tokens, dtype="<i4").copy(),
-                "codec": container.field(ckv, "codec", str, "snapshot"),
+                "codec": container.field(ckv, "codec", str, "snapshot"), "meta": header.get("meta") or {},
                 "model_name": header.get("model_name", ""), "created": header.get("created", 0.0)}
+
+    def recode(self, state: KVState, meta: dict | None = None) -> Snapshot:
+        """Another snapshot of the same model and codec for `state` (a part of this one's, say);
+        with this one's meta unless `meta` replaces it."""
+        layout = "blocked" if self.packed.layout == "raw" else self.packed.layout
+        return Snapshot.from_state(state, self.fingerprint, self.packed.codec, layout=layout,
+                                   model_name=self.model_name, meta=self.meta if meta is None else meta,
+                                   **self.packed.params)
 
     def summary(self) -> str:
         """The header, readable."""

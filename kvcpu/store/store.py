@@ -19,9 +19,11 @@ import numpy as np
 
 from ..errors import KVCPUError
 from ..snapshot import Snapshot
+from ..splice import tail
 from .disk import DiskTier, StoreDiskError
 from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_key
 from .policies import make_policy
+from .sharing import PrefixSharing, SharedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,13 @@ class _Entry:
     ram_codec: str = ""
     disk_size: int = 0  # bytes of its file, when on disk
     disk_codec: str = ""
+    base: str | None = None  # the shared base this entry's cells continue (sharing.py)
+    base_tokens: int = 0
+    dependents: int = 0  # for a base: the entries that continue it; bases leave with the last
+
+    @property
+    def is_base(self) -> bool:
+        return self.dependents > 0
 
 
 @dataclass
@@ -58,12 +67,12 @@ class _Counters:
     disk_errors: int = 0
 
 
-class KVStore:
+class KVStore(PrefixSharing):
     """Snapshots of one or more models under RAM and disk byte budgets. Thread-safe."""
 
     def __init__(self, budget_bytes: int, policy: str = "hybrid", disk_dir=None,
                  disk_budget_bytes: int | None = None, codec: str = "int8",
-                 ladder: Sequence[str] = DEFAULT_LADDER):
+                 ladder: Sequence[str] = DEFAULT_LADDER, share: bool = True):
         if budget_bytes <= 0:
             raise KVCPUError(f"budget_bytes must be positive, not {budget_bytes}")
         self.budget = int(budget_bytes)
@@ -73,7 +82,9 @@ class KVStore:
         self.policy_name = policy
         self.ram_policy = make_policy(policy, self.budget)
         self.disk_policy = make_policy(policy, self.disk_budget)
+        self.share = share
         self.used = self.disk_used = 0
+        self._leaves = {"ram": 0, "disk": 0}  # entries the policies order (bases are not among them)
         self._entries: dict[str, _Entry] = {}
         self._prefix: dict[int, set[str]] = defaultdict(set)  # block hash -> entries holding that prefix
         self._n = _Counters()
@@ -83,6 +94,10 @@ class KVStore:
             self._load_disk_index()
 
     # -- the index ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_entry(tokens: np.ndarray, fingerprint: str, cost: float) -> _Entry:
+        return _Entry(tokens, fingerprint, cost)
 
     def _index(self, key: str, entry: _Entry) -> None:
         self._entries[key] = entry
@@ -97,28 +112,63 @@ class KVStore:
                 holders.discard(key)
                 if not holders:
                     del self._prefix[h]
+        base = self._entries.get(entry.base) if entry.base else None
+        if base is not None:
+            base.dependents -= 1
+            if base.dependents <= 0:  # its last dependent is gone: so is the base
+                self._drop_everywhere(entry.base)
+
+    def _drop_everywhere(self, key: str) -> None:
+        entry = self._entries[key]
+        if entry.ram is not None:
+            self.used -= len(entry.ram)
+            entry.ram = None
+        if entry.disk_size:
+            self.disk.delete(key)
+            self.disk_used -= entry.disk_size
+            entry.disk_size = 0
+        self._unindex(key)
 
     def _load_disk_index(self) -> None:
-        """Rebuild the index from the files on disk, oldest first (so recency starts right)."""
+        """Rebuild the index from the files on disk: shared bases first, then the entries that
+        continue them, oldest first (so recency starts right)."""
         found = self.disk.scan()
         for key in set(self._entries) - set(found):
-            entry = self._entries[key]
-            if entry.disk_size:  # another process evicted it
+            entry = self._entries.get(key)
+            if entry is not None and entry.disk_size and not entry.is_base:  # another process evicted it
                 self.disk_used -= entry.disk_size
                 self.disk_policy.on_remove(key)
+                self._leaves["disk"] -= 1
                 entry.disk_size = 0
                 if entry.ram is None:
                     self._unindex(key)
-        for key, info in sorted(found.items(), key=lambda kv: kv[1]["created"]):
+        order = sorted(found.items(), key=lambda kv: (not kv[1]["meta"].get("shared_base"), kv[1]["created"]))
+        for key, info in order:
             if key in self._entries and self._entries[key].disk_size:
                 continue
-            entry = self._entries.get(key) or _Entry(info["tokens"], info["fingerprint"], 1.0)
+            base, m, tokens = info["meta"].get("base"), int(info["meta"].get("base_tokens") or 0), info["tokens"]
+            if base is not None:
+                if base not in self._entries:
+                    log.warning("entry %s continues a shared prefix %s that is gone; skipped", key, base)
+                    continue
+                tokens = np.concatenate([self._entries[base].tokens, tokens]).astype(np.int32)
+            entry = self._entries.get(key) or _Entry(tokens, info["fingerprint"], 1.0, base=base, base_tokens=m)
             entry.disk_size, entry.disk_codec = info["size"], info["codec"]
+            self.disk_used += entry.disk_size
             if key not in self._entries:
                 self._index(key, entry)
-            self.disk_used += entry.disk_size
-            self.disk_policy.on_insert(key, entry.disk_size, entry.cost)
+                if base is not None:
+                    self._entries[base].dependents += 1
+            if not info["meta"].get("shared_base"):
+                self._leaves["disk"] += 1
+                self.disk_policy.on_insert(key, entry.disk_size, entry.cost)
+        for key in [k for k, e in self._entries.items() if e.dependents == 0 and self._is_base_file(k, found)]:
+            self._drop_everywhere(key)  # a base whose dependents are all gone
         self._enforce(self.disk_policy, "disk")
+
+    @staticmethod
+    def _is_base_file(key: str, found: dict) -> bool:
+        return bool(found.get(key, {}).get("meta", {}).get("shared_base"))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -135,17 +185,24 @@ class KVStore:
             raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
         tokens = np.asarray(snapshot.tokens, dtype=np.int32)
         key = entry_key(tokens, snapshot.fingerprint)
-        blob = snapshot.to_bytes()
         codec = snapshot.packed.codec
         with self._lock:
-            if len(blob) > self.budget and self.disk is None:
-                raise KVCPUError(f"a {len(blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
-            if key in self._entries:
+            if len(snapshot.to_bytes()) > self.budget and self.disk is None:
+                raise KVCPUError(f"a {len(snapshot.to_bytes()):,}-byte snapshot does not fit a "
+                                 f"{self.budget:,}-byte budget")
+            if key in self._entries and not self._entries[key].is_base:
                 self._forget(key)
-            if supersede:
-                for old in self._prefixes_of(tokens, snapshot.fingerprint):
-                    self._forget(old)
-            entry = _Entry(tokens, snapshot.fingerprint, cost)
+            superseded = self._prefixes_of(tokens, snapshot.fingerprint) if supersede else []
+            base, m = self._base_for(tokens, snapshot, exclude=set(superseded) | {key}) if self.share else (None, 0)
+            for old in superseded:  # after the base is held, so that it outlives them
+                self._forget(old)
+            if base is not None:
+                snapshot = snapshot.recode(tail(snapshot.decode(), m), meta={**snapshot.meta, "base": base,
+                                                                             "base_tokens": m})
+            blob = snapshot.to_bytes()
+            if key in self._entries:  # a base with exactly these tokens: it stays the base
+                return key
+            entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m)
             self._index(key, entry)
             self._n.puts += 1
             if len(blob) <= self.budget:
@@ -164,7 +221,7 @@ class KVStore:
             found |= holders
         found |= {k for k in (self.lookup_exact(tokens[:n], fingerprint)
                               for n in range(max(1, len(tokens) - BLOCK_TOKENS), len(tokens))) if k}
-        return [k for k in found if len(self._entries[k].tokens) < len(tokens)
+        return [k for k in found if len(self._entries[k].tokens) < len(tokens) and not self._entries[k].is_base
                 and np.array_equal(self._entries[k].tokens, tokens[: len(self._entries[k].tokens)])]
 
     def lookup_exact(self, tokens: Sequence[int], fingerprint: str) -> str | None:
@@ -179,6 +236,7 @@ class KVStore:
     def _to_ram(self, key: str, entry: _Entry, blob: bytes, codec: str) -> None:
         entry.ram, entry.ram_codec = blob, codec
         self.used += len(blob)
+        self._leaves["ram"] += 1
         self.ram_policy.on_insert(key, len(blob), entry.cost)
         self._enforce(self.ram_policy, "ram")
 
@@ -192,12 +250,13 @@ class KVStore:
             raise
         entry.disk_size, entry.disk_codec = len(blob), codec
         self.disk_used += len(blob)
+        self._leaves["disk"] += 1
         self.disk_policy.on_insert(key, len(blob), entry.cost)
         self._enforce(self.disk_policy, "disk")
 
     def _enforce(self, policy, tier: str) -> None:
         budget = self.budget if tier == "ram" else self.disk_budget
-        while (self.used if tier == "ram" else self.disk_used) > budget:
+        while (self.used if tier == "ram" else self.disk_used) > budget and self._leaves[tier]:
             victim = policy.victim()
             if self._demote(victim, tier):
                 continue
@@ -233,6 +292,7 @@ class KVStore:
     def _evict(self, key: str, tier: str) -> None:
         """Take an entry out of one tier (the policy was told already); forget it when in neither."""
         entry = self._entries[key]
+        self._leaves[tier] -= 1
         if tier == "ram":
             self.used -= len(entry.ram)
             entry.ram = None
@@ -256,31 +316,51 @@ class KVStore:
         with self._lock:
             if key not in self._entries:
                 raise KVCPUError(f"no entry {key!r} in the store")
+            if self._entries[key].is_base:
+                raise KVCPUError(f"entry {key!r} is a prefix that {self._entries[key].dependents} entries share; "
+                                 "it goes when they do")
             self._forget(key)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get(self, key: str) -> Snapshot:
-        """The snapshot under `key`, verified (checksum); from disk it is cached in RAM."""
+    def get(self, key: str):
+        """The snapshot under `key`, verified (checksum): a Snapshot, or for an entry that
+        continues a shared prefix a SharedSnapshot, which decodes to the whole state alike."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 raise KVCPUError(f"no entry {key!r} in the store")
-            if entry.ram is not None:
+            own = self._read(key)
+            if entry.base is None:
+                return own
+            return SharedSnapshot(self._read(entry.base), own, entry.tokens)
+
+    def _read(self, key: str) -> Snapshot:
+        """One entry's own snapshot, from RAM or else from disk (then cached in RAM)."""
+        entry = self._entries[key]
+        policy = not entry.is_base
+        if entry.ram is not None:
+            if policy:
                 self.ram_policy.on_access(key, len(entry.ram), entry.cost)
-                blob = entry.ram
-            else:
-                snap = self.disk.read(key)
-                if snap is None:  # corrupt (now quarantined) or removed by another process
+            return Snapshot.from_bytes(entry.ram)
+        snap = self.disk.read(key) if entry.disk_size else None
+        if snap is None:  # corrupt (now quarantined) or removed by another process
+            if entry.disk_size:
+                if policy:
                     self.disk_policy.on_remove(key)
                     self._evict(key, "disk")
-                    raise KVCPUError(f"entry {key!r} could not be read back from disk; it was dropped")
-                self.disk_policy.on_access(key, entry.disk_size, entry.cost)
-                blob = snap.to_bytes()
-                if len(blob) <= self.budget:
-                    self._to_ram(key, entry, blob, snap.packed.codec)
-                return snap
-        return Snapshot.from_bytes(blob)
+                else:
+                    self._drop_everywhere(key)
+            raise KVCPUError(f"entry {key!r} could not be read back from disk; it was dropped")
+        blob = snap.to_bytes()
+        if not policy:
+            entry.ram, entry.ram_codec = blob, snap.packed.codec
+            self.used += len(blob)
+        else:
+            self.disk_policy.on_access(key, entry.disk_size, entry.cost)
+            if len(blob) <= self.budget:
+                self._to_ram(key, entry, blob, snap.packed.codec)
+        return snap
 
     def longest_prefix(self, tokens: Sequence[int], fingerprint: str) -> Match | None:
         """The entry sharing the longest prefix with `tokens`, in time proportional to the
@@ -326,7 +406,8 @@ class KVStore:
         with self._lock:
             return [{"key": k, "tokens": len(e.tokens), "in_ram": e.ram is not None, "on_disk": bool(e.disk_size),
                      "ram_bytes": len(e.ram) if e.ram is not None else 0, "disk_bytes": e.disk_size,
-                     "codec": e.ram_codec or e.disk_codec} for k, e in self._entries.items()]
+                     "codec": e.ram_codec or e.disk_codec, "shared_by": e.dependents,
+                     "continues": e.base} for k, e in self._entries.items()]
 
     def gc(self, verify: bool = False) -> dict:
         """Rescan the directory (removing temporary files of dead writers, quarantining unreadable
@@ -354,6 +435,9 @@ class KVStore:
                     "policy": self.policy_name, "lookups": n.lookups, "hits": n.hits,
                     "hit_ratio": n.hits / max(n.lookups, 1), "puts": n.puts, "evictions": dict(n.evictions),
                     "demotions": dict(n.demotions), "disk_errors": n.disk_errors,
+                    "shared_bases": sum(e.is_base for e in self._entries.values()),
+                    "sharing_saved_bytes": sum(max(len(e.ram or b""), e.disk_size) * (e.dependents - 1)
+                                               for e in self._entries.values() if e.is_base),
                     "quarantined": self.disk.quarantined if self.disk is not None else 0}
 
     def close(self) -> None:

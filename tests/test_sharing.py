@@ -1,0 +1,80 @@
+"""Shared prefixes: two conversations over one document keep the document's KV once, restore
+bit for bit, and the shared part leaves with the last entry that needs it."""
+
+from __future__ import annotations
+
+import numpy as np
+from synth import random_stream, write_state
+
+from kvcpu import KVState, Snapshot
+from kvcpu.splice import join, tail
+from kvcpu.store import KVStore
+
+FP = "e" * 32
+
+
+def state(n: int, seed: int, tokens) -> KVState:
+    s = KVState.from_bytes(write_state(0, [[random_stream(np.random.default_rng(seed), n, 2, 64)]]))
+    s.tokens = np.asarray(tokens, dtype=np.int32)
+    return s
+
+
+def two_conversations(shared: int = 128):
+    """x and y: the same first `shared` cells (a document), then each its own turns."""
+    x = state(shared + 72, 1, [1] * shared + [2] * 72)
+    other = state(shared + 52, 2, [1] * shared + [3] * 52)
+    y = join(x.head(shared), tail(other, shared))
+    return x, y
+
+
+def test_splice_is_exact():
+    x, _ = two_conversations()
+    for n in (1, 16, 128, 199):
+        assert join(x.head(n), tail(x, n)).to_bytes() == x.to_bytes()
+
+
+def test_two_conversations_share_their_document_once(tmp_path):
+    x, y = two_conversations()
+    sizes = {}
+    for share in (False, True):
+        store = KVStore(1 << 30, policy="lru", share=share)
+        kx = store.put(Snapshot.from_state(x, FP, "f16"))
+        ky = store.put(Snapshot.from_state(y, FP, "f16"))
+        sizes[share] = store.used
+        assert store.get(kx).decode().to_bytes() == x.to_bytes()
+        assert store.get(ky).decode().to_bytes() == y.to_bytes()
+        for n in (64, 128, 150):  # within the shared part, and beyond it
+            assert store.get(ky).decode(n_tokens=n).to_bytes() == y.head(n).to_bytes()
+    stats = store.stats()
+    assert stats["shared_bases"] == 1 and stats["sharing_saved_bytes"] > 0
+    assert sizes[True] < 0.75 * sizes[False]
+
+
+def test_the_shared_part_leaves_with_its_last_dependent():
+    x, y = two_conversations()
+    store = KVStore(1 << 30, policy="lru")
+    kx = store.put(Snapshot.from_state(x, FP, "f16"))
+    ky = store.put(Snapshot.from_state(y, FP, "f16"))
+    assert len(store) == 3
+    store.delete(kx)
+    assert len(store) == 2 and store.get(ky).decode().to_bytes() == y.to_bytes()
+    store.delete(ky)
+    assert len(store) == 0 and store.used == 0
+
+
+def test_a_new_turn_keeps_the_share(tmp_path):
+    """A conversation's next turn supersedes its last; the document stays shared."""
+    x, y = two_conversations()
+    store = KVStore(1 << 30, policy="lru", disk_dir=tmp_path)
+    store.put(Snapshot.from_state(x, FP, "f16"))
+    store.put(Snapshot.from_state(y, FP, "f16"))
+    longer = join(x, tail(state(230, 3, [1] * 200 + [4] * 30), 200))
+    kl = store.put(Snapshot.from_state(longer, FP, "f16"))
+    assert len(store) == 3 and store.stats()["shared_bases"] == 1
+    assert store.get(kl).decode().to_bytes() == longer.to_bytes()
+    store.close()
+    with KVStore(1 << 30, policy="lru", disk_dir=tmp_path) as again:  # rebuilt from disk
+        assert len(again) == 3 and again.stats()["shared_bases"] == 1
+        assert again.get(kl).decode().to_bytes() == longer.to_bytes()
+        match = again.longest_prefix([1] * 128 + [9] * 10, FP)
+        assert match.n_tokens == 128
