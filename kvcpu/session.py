@@ -78,10 +78,13 @@ class Session:
     def __init__(self, model="smollm2-135m", *, codec: str = "int8", budget_bytes: int = 512 << 20,
                  disk_dir=None, store: KVStore | None = None, n_ctx: int = 4096, policy: str = "hybrid",
                  keep_first: int = 32, n_threads: int | None = None, progress: bool = False):
+        self._owns_engine = not isinstance(model, Engine)  # an engine passed in stays the caller's
         self.engine = model if isinstance(model, Engine) else Engine.from_config(
             model, EngineConfig(n_ctx=n_ctx, n_threads=n_threads), progress=progress)
         self.fingerprint = self.engine.info.fingerprint
-        self.store = store or KVStore(budget_bytes, policy=policy, disk_dir=disk_dir, codec=codec)
+        self._owns_store = store is None
+        self.store = store if store is not None else KVStore(budget_bytes, policy=policy, disk_dir=disk_dir,
+                                                              codec=codec)
         self.codec = codec
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}
@@ -293,8 +296,11 @@ class Session:
                 "last_turn": asdict(self.last_turn) if self.last_turn else None}
 
     def close(self) -> None:
-        self.store.close()
-        self.engine.close()
+        """Close what this session opened; an engine or a store passed in stays open."""
+        if self._owns_store:
+            self.store.close()
+        if self._owns_engine:
+            self.engine.close()
 
     def __enter__(self) -> Session:
         return self

@@ -141,3 +141,16 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(model_path, tmp_path)
     assert "[stopped]" in text
     turn = re.search(r"\* k: 1 turns, (\d+) tokens", text)
     assert turn and int(turn.group(1)) > 40  # the prompt and the part of the reply that was generated
+
+
+def test_conversations_over_one_document_share_it(model_path):
+    from kvcpu.data import eval_text
+
+    doc = eval_text()[:1200]
+    with Session(model_path, codec="int8", n_ctx=2048, budget_bytes=1 << 28) as s:
+        s.chat("a", f"Read this:\n{doc}\nWho was the first keeper?", max_tokens=8)
+        s.chat("b", f"Read this:\n{doc}\nWhat was the crane named after?", max_tokens=8)
+        stats = s.stats()
+        assert stats["shared_bases"] == 1 and stats["sharing_saved_bytes"] > 0
+        s.chat("a", "And his wife?", max_tokens=8)
+        assert s.last_turn.tokens_restored > 250 and s.last_turn.tokens_prefilled < 20
