@@ -34,7 +34,7 @@ from kvcpu.store.policies import make_policy, simulate
 
 BYTES_PER_TOKEN = 12_255  # SmolLM2's f16 23,040 B/token at int8's 1.88x (bench/quality.py)
 PREFILL_TOK_S = 180.0  # SmolLM2 on 2 cores (DESIGN.md)
-KVCPU = ["lru", "lfu", "fifo", "s3fifo", "gds", "gdsf", "hybrid"]
+KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "hybrid"]
 LCS = {"lcs-LRU": lcs.LRU, "lcs-ARC": lcs.ARC, "lcs-S3FIFO": lcs.S3FIFO, "lcs-LeCaR": lcs.LeCaR,
        "lcs-WTinyLFU": lcs.WTinyLFU, "BeladySize": lcs.BeladySize}
 FRACTIONS = [0.02, 0.05, 0.1, 0.2]
@@ -167,11 +167,14 @@ def evaluate(name: str, trace) -> tuple[list[dict], dict]:
         cap = int(working_set * frac)
         for pol in KVCPU:
             timed = _Timed(make_policy(pol, cap))
+            t0 = time.perf_counter()
             r = simulate(timed, trace, cap)
+            per_request_us = (time.perf_counter() - t0) / len(trace) * 1e6
             if timed.times:
                 decision_us.setdefault(pol, []).append(statistics.median(timed.times) / 1e3)
             rows.append({"trace": name, "fraction": frac, "capacity_bytes": cap, "policy": pol,
-                         "hit_ratio": r.hit_ratio, "prefill_saved_s": r.prefill_saved_s})
+                         "hit_ratio": r.hit_ratio, "prefill_saved_s": r.prefill_saved_s,
+                         "us_per_request": per_request_us})
         for label, cls in LCS.items():
             rows.append({"trace": name, "fraction": frac, "capacity_bytes": cap, "policy": label,
                          **run_libcachesim(cls, trace, cap)})
@@ -245,12 +248,16 @@ def main() -> None:
           + "\n\nMedian time of one eviction decision (victim()), in microseconds: "
           + "; ".join(f"{t}: " + ", ".join(f"{p} {v:.1f}" for p, v in d.items()) for t, d in decisions.items())
           + "\n\n" + " ".join(f"![{n}](eviction-{n}.png)" for n in traces))
+    per_request = {p: statistics.median(r["us_per_request"] for r in rows if r["policy"] == p) for p in KVCPU}
+    md += ("\n\nMedian cost per request of the whole replay (bookkeeping, shadows and evictions), in "
+           "microseconds: " + ", ".join(f"{p} {v:.1f}" for p, v in per_request.items()))
     readme = (markdown_table([("trace|trace", "s"), ("fraction|budget", ".0%"), ("hybrid|hybrid hit ratio", ".3f"),
                               ("vs_best_simple_pts|vs best of lru/lfu/fifo (pts)", "+.1f"),
                               ("vs_arc_pts|vs libCacheSim ARC (pts)", "+.1f"),
                               ("gap_closed|LRU-to-BeladySize gap closed", ".0%")], goals)
               + "\n\nMedian eviction decision of hybrid: "
               + ", ".join(f"{t} {d['hybrid']:.1f} us" for t, d in decisions.items())
+              + f"; per request, shadows included: {per_request['hybrid']:.1f} us"
               + ". Every policy and budget: `bench/results/eviction.md`; traces: `bench/results/traces/`.")
     write_results("eviction", {"traces": files, "fractions": FRACTIONS, "rows": rows, "targets": goals,
                                "decision_median_us": decisions}, md,

@@ -8,8 +8,6 @@ remove that key, and tell the policy `on_remove`.
 from __future__ import annotations
 
 import heapq
-import math
-import random
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
@@ -206,70 +204,141 @@ class S3FIFO(Policy):
             return key
 
 
-class Hybrid(Policy):
-    """Learns online which of its experts to follow, as LeCaR does. By default two experts see
-    every key: recency weighed by size (GreedyDual-Size: small and recent stay) and scan
-    resistance with frequency (S3-FIFO: one-off entries leave first). bench/eviction.py
-    measured this pair against three (adding GreedyDual-Size-Frequency) and LFU variants.
+class ARC(Policy):
+    """Adaptive Replacement Cache (Megiddo and Modha, 2003), in bytes: a recency list T1 and a
+    frequency list T2, with ghost lists B1 and B2 of what each evicted; a hit in a ghost list
+    moves the target size p of T1 toward the list that would have kept it."""
 
-    A victim is the choice of an expert drawn by weight; the key goes into that expert's
-    ghost history. A later miss on a ghost key is that expert's regret: its weight shrinks by
-    exp(-rate * discount^age), so the expert that fits the workload wins out. cost_aware=True
-    values entries by the prefill seconds they save rather than one hit each.
+    name = "arc"
+
+    def __init__(self, capacity_bytes: int):
+        super().__init__(capacity_bytes)
+        self.t1: OrderedDict = OrderedDict()  # key -> size
+        self.t2: OrderedDict = OrderedDict()
+        self.b1: OrderedDict = OrderedDict()
+        self.b2: OrderedDict = OrderedDict()
+        self.bytes = {"t1": 0, "t2": 0, "b1": 0, "b2": 0}
+        self.p = 0.0
+
+    def _put(self, name: str, key, size: int) -> None:
+        getattr(self, name)[key] = size
+        self.bytes[name] += size
+
+    def _pop(self, name: str, key) -> int:
+        size = getattr(self, name).pop(key)
+        self.bytes[name] -= size
+        return size
+
+    def on_insert(self, key, size, cost):
+        if key in self.b1:  # recency would have kept it: grow T1's share
+            self.p = min(self.capacity, self.p + max(self.bytes["b2"] / max(self.bytes["b1"], 1), 1) * size)
+            self._pop("b1", key)
+            self._put("t2", key, size)
+        elif key in self.b2:  # frequency would have kept it: shrink T1's share
+            self.p = max(0.0, self.p - max(self.bytes["b1"] / max(self.bytes["b2"], 1), 1) * size)
+            self._pop("b2", key)
+            self._put("t2", key, size)
+        else:
+            self._put("t1", key, size)
+
+    def on_access(self, key, size, cost):
+        self._pop("t1" if key in self.t1 else "t2", key)
+        self._put("t2", key, size)
+
+    def on_remove(self, key):
+        for name in ("t1", "t2"):
+            if key in getattr(self, name):
+                self._pop(name, key)
+
+    def victim(self):
+        if self.t1 and (self.bytes["t1"] > self.p or not self.t2):
+            key, size = next(iter(self.t1.items()))
+            ghost = "b1"
+        else:
+            key, size = next(iter(self.t2.items()))
+            ghost = "b2"
+        self._put(ghost, key, size)
+        lst = getattr(self, ghost)
+        while self.bytes[ghost] > self.capacity and lst:  # ghosts remember about a cache's worth
+            self._pop(ghost, next(iter(lst)))
+        return key
+
+
+class _Shadow:
+    """An expert's own cache of the same size, over keys and sizes only: how it would have done."""
+
+    def __init__(self, name: str, capacity: int):
+        self.policy = POLICIES[name](capacity)
+        self.capacity, self.sizes, self.used = capacity, {}, 0
+
+    def request(self, key, size: int, cost: float) -> bool:
+        """Replay one request; True for a hit."""
+        if key in self.sizes:
+            self.used += size - self.sizes[key]
+            self.sizes[key] = size
+            self.policy.on_access(key, size, cost)
+            hit = True
+        else:
+            if size > self.capacity:
+                return False
+            self.sizes[key] = size
+            self.used += size
+            self.policy.on_insert(key, size, cost)
+            hit = False
+        while self.used > self.capacity:
+            victim = self.policy.victim()
+            self.used -= self.sizes.pop(victim)
+            self.policy.on_remove(victim)
+        return hit
+
+
+class Hybrid(Policy):
+    """Follows whichever of its experts is doing best on this workload, and switches when
+    another starts doing better: recency weighed by size (GreedyDual-Size: small and recent
+    stay) against recency and frequency adapted by ghost lists (ARC).
+
+    Each expert also runs as a shadow cache of the same size over keys and sizes alone, so
+    every request scores every expert (hits, decayed so the recent past counts most). The
+    real evictions follow the expert with the best score: the store learns from the mistakes
+    its shadows would have made, not only from its own. cost_aware=True scores experts by the
+    prefill seconds their hits save instead of by hits.
     """
 
     name = "hybrid"
 
-    def __init__(self, capacity_bytes: int, learning_rate: float = 0.45, seed: int = 0,
-                 cost_aware: bool = False, experts: tuple[str, ...] = ("gds", "s3fifo")):
+    def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = ("gds", "arc"), decay: float = 0.999,
+                 cost_aware: bool = False):
         super().__init__(capacity_bytes)
         self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
-        self.weights = {name: 1 / len(experts) for name in experts}
-        self.ghosts: dict[str, OrderedDict] = {name: OrderedDict() for name in experts}
-        self.rate = learning_rate
-        self.cost_aware = cost_aware
-        self.rng = random.Random(seed)
-        self.time = 0
-        self.resident = 0
-        self.discount = 0.005 ** (1 / 256)
+        self.shadows = {name: _Shadow(name, capacity_bytes) for name in experts}
+        self.score = dict.fromkeys(experts, 0.0)
+        self.decay, self.cost_aware = decay, cost_aware
 
-    def _cost(self, cost):
-        return cost if self.cost_aware else 1.0
+    def _request(self, key, size, cost) -> None:
+        gain = cost if self.cost_aware else 1.0
+        for name, shadow in self.shadows.items():
+            self.score[name] = self.score[name] * self.decay + (gain if shadow.request(key, size, cost) else 0.0)
 
     def on_insert(self, key, size, cost):
-        self.time += 1
-        self.resident += 1
-        for name, ghost in self.ghosts.items():
-            evicted_at = ghost.pop(key, None)
-            if evicted_at is not None:  # this expert evicted a key that came back: its regret
-                self.weights[name] *= math.exp(-self.rate * self.discount ** (self.time - evicted_at))
-        total = sum(self.weights.values())
-        self.weights = {n: max(w / total, 0.01) for n, w in self.weights.items()}
+        self._request(key, size, cost)
         for e in self.experts.values():
-            e.on_insert(key, size, self._cost(cost))
+            e.on_insert(key, size, cost)
 
     def on_access(self, key, size, cost):
-        self.time += 1
+        self._request(key, size, cost)
         for e in self.experts.values():
-            e.on_access(key, size, self._cost(cost))
+            e.on_access(key, size, cost)
 
     def on_remove(self, key):
-        self.resident -= 1
         for e in self.experts.values():
             e.on_remove(key)
 
     def victim(self):
-        names = list(self.weights)
-        name = self.rng.choices(names, weights=[self.weights[n] for n in names])[0]
-        key = self.experts[name].victim()
-        ghost = self.ghosts[name]
-        ghost[key] = self.time
-        if len(ghost) > max(self.resident, 64):
-            ghost.popitem(last=False)
-        return key
+        leader = max(self.score, key=self.score.get)
+        return self.experts[leader].victim()
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, S3FIFO)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, S3FIFO, ARC)}
 POLICIES["hybrid"] = Hybrid
 
 
