@@ -68,6 +68,7 @@ def write_results(name: str, payload: dict, markdown: str, command: str, readme:
     text = readme_path.read_text()
     pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
     section = (readme if readme is not None else markdown) + footer + "\n"
+    section = re.sub(r"\]\(([\w.-]+\.png)\)", r"](bench/results/\1)", section)  # README is at the root
     if pattern.search(text):
         readme_path.write_text(pattern.sub(lambda mt: mt.group(1) + section + mt.group(2), text))
     print(markdown + footer)
