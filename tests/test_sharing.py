@@ -78,3 +78,14 @@ def test_a_new_turn_keeps_the_share(tmp_path):
         assert again.get(kl).decode().to_bytes() == longer.to_bytes()
         match = again.longest_prefix([1] * 128 + [9] * 10, FP)
         assert match.n_tokens == 128
+
+
+def test_putting_a_shared_prefix_itself_changes_nothing():
+    x, y = two_conversations()
+    store = KVStore(1 << 30, policy="lru")
+    store.put(Snapshot.from_state(x, FP, "f16"))
+    store.put(Snapshot.from_state(y, FP, "f16"))
+    before = (len(store), store.used, store.stats()["shared_bases"])
+    base = store.put(Snapshot.from_state(x.head(128), FP, "f16"))
+    assert (len(store), store.used, store.stats()["shared_bases"]) == before
+    assert store._entries[base].dependents == 2

@@ -186,22 +186,22 @@ class KVStore(PrefixSharing):
         tokens = np.asarray(snapshot.tokens, dtype=np.int32)
         key = entry_key(tokens, snapshot.fingerprint)
         codec = snapshot.packed.codec
+        blob = snapshot.to_bytes()
         with self._lock:
-            if len(snapshot.to_bytes()) > self.budget and self.disk is None:
-                raise KVCPUError(f"a {len(snapshot.to_bytes()):,}-byte snapshot does not fit a "
-                                 f"{self.budget:,}-byte budget")
-            if key in self._entries and not self._entries[key].is_base:
+            if len(blob) > self.budget and self.disk is None:
+                raise KVCPUError(f"a {len(blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
+            if key in self._entries:
+                if self._entries[key].is_base:
+                    return key  # these exact tokens are a shared base already: it serves them
                 self._forget(key)
             superseded = self._prefixes_of(tokens, snapshot.fingerprint) if supersede else []
             base, m = self._base_for(tokens, snapshot, exclude=set(superseded) | {key}) if self.share else (None, 0)
             for old in superseded:  # after the base is held, so that it outlives them
                 self._forget(old)
-            if base is not None:
+            if base is not None:  # kept as its own part after the shared base
                 snapshot = snapshot.recode(tail(snapshot.decode(), m), meta={**snapshot.meta, "base": base,
                                                                              "base_tokens": m})
-            blob = snapshot.to_bytes()
-            if key in self._entries:  # a base with exactly these tokens: it stays the base
-                return key
+                blob = snapshot.to_bytes()
             entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m)
             self._index(key, entry)
             self._n.puts += 1
