@@ -89,3 +89,17 @@ def test_putting_a_shared_prefix_itself_changes_nothing():
     base = store.put(Snapshot.from_state(x.head(128), FP, "f16"))
     assert (len(store), store.used, store.stats()["shared_bases"]) == before
     assert store._entries[base].dependents == 2
+
+
+def test_sliding_window_states_are_stored_whole():
+    """Two-cache (iSWA) states are not cut: they are kept whole, and restore exactly."""
+    rng = np.random.default_rng(5)
+    full, swa = random_stream(rng, 150, 2, 64), random_stream(rng, 32, 2, 64)
+    x = KVState.from_bytes(write_state(0, [[full], [swa]]))
+    x.tokens = np.asarray([1] * 128 + [2] * 22, dtype=np.int32)
+    y = KVState.from_bytes(x.to_bytes())
+    y.tokens = np.asarray([1] * 128 + [3] * 22, dtype=np.int32)
+    store = KVStore(1 << 30, policy="lru")
+    kx, ky = (store.put(Snapshot.from_state(s, FP, "f16")) for s in (x, y))
+    assert store.stats()["shared_bases"] == 0 and len(store) == 2
+    assert store.get(kx).decode().to_bytes() == x.to_bytes() and store.get(ky).decode().to_bytes() == y.to_bytes()

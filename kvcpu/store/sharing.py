@@ -56,10 +56,11 @@ class PrefixSharing:
     """KVStore's part that finds, creates and applies shared bases (its index and tiers are
     KVStore's own)."""
 
-    def _base_for(self, tokens: np.ndarray, snapshot: Snapshot, exclude: set) -> tuple[str | None, int]:
+    def _base_for(self, tokens: np.ndarray, snapshot: Snapshot, exclude: set) -> tuple[str | None, int, KVState]:
         """The shared base for a new entry, created when needed: the deepest block prefix the
         new entry shares with others (at least SHARE_MIN_TOKENS). Entries that share it and are
-        stored whole are cut down to their own part. Returns (base key, its tokens) or (None, 0)."""
+        stored whole are cut down to their own part. Returns (base key, its tokens, the new
+        entry's decoded state), or (None, 0, None) when nothing is shared."""
         fp, m, sharers = snapshot.fingerprint, 0, set()
         for i, h in enumerate(block_hashes(tokens, fp)):
             holders = self._prefix.get(h, set()) - exclude
@@ -67,21 +68,23 @@ class PrefixSharing:
                 break
             m, sharers = (i + 1) * BLOCK_TOKENS, holders
         if m < SHARE_MIN_TOKENS:
-            return None, 0
+            return None, 0, None
         base_key = entry_key(tokens[:m], fp)
         whole = [k for k in sharers - {base_key} if self._entries[k].base is None
                  and not self._entries[k].is_base and len(self._entries[k].tokens) > m]
+        if base_key not in self._entries and not whole:
+            return None, 0, None  # nobody to share with: a base would only cost
+        state = snapshot.decode()
+        if len(state.blocks) != 1:
+            return None, 0, None  # sliding-window caches: cut and join are for one cache
         if base_key not in self._entries:
-            if not whole:
-                return None, 0  # nobody to share with: a base would only cost
-
-            base_snap = snapshot.recode(snapshot.decode().head(m), meta={"shared_base": True})
+            base_snap = snapshot.recode(state.head(m), meta={"shared_base": True})
             self._index(base_key, self._new_entry(tokens[:m].copy(), fp, 0.0))
             self._place_base(base_key, base_snap.to_bytes(), base_snap.packed.codec)
         for other in whole:
             self._rebase(other, base_key, m)
         self._entries[base_key].dependents += 1  # the new entry's hold
-        return base_key, m
+        return base_key, m, state
 
     def _place_base(self, key: str, blob: bytes, codec: str) -> None:
         """A base lives in RAM and on disk while it has dependents; no policy evicts it."""

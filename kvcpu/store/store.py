@@ -195,12 +195,12 @@ class KVStore(PrefixSharing):
                     return key  # these exact tokens are a shared base already: it serves them
                 self._forget(key)
             superseded = self._prefixes_of(tokens, snapshot.fingerprint) if supersede else []
-            base, m = self._base_for(tokens, snapshot, exclude=set(superseded) | {key}) if self.share else (None, 0)
+            base, m, state = (self._base_for(tokens, snapshot, exclude=set(superseded) | {key}) if self.share
+                              else (None, 0, None))
             for old in superseded:  # after the base is held, so that it outlives them
                 self._forget(old)
             if base is not None:  # kept as its own part after the shared base
-                snapshot = snapshot.recode(tail(snapshot.decode(), m), meta={**snapshot.meta, "base": base,
-                                                                             "base_tokens": m})
+                snapshot = snapshot.recode(tail(state, m), meta={**snapshot.meta, "base": base, "base_tokens": m})
                 blob = snapshot.to_bytes()
             entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m)
             self._index(key, entry)
