@@ -28,7 +28,10 @@ def environment() -> dict:
                                 text=True).stdout.strip()
     except OSError:
         commit = ""
-    return {"machine": metrics.machine(), "llama_cpp_python": llama_cpp.__version__, "numba": numba.__version__,
+    from kvcpu.engine import llama_system_info
+
+    return {"machine": metrics.machine(), "llama_cpp_system": llama_system_info(),
+            "llama_cpp_python": llama_cpp.__version__, "numba": numba.__version__,
             "numpy": numpy.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -60,7 +63,7 @@ def write_results(name: str, payload: dict, markdown: str, command: str, readme:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     env = payload["environment"]
     m = env["machine"]
-    footer = (f"\n\n<sub>Produced by `{command}` on {m['cpu']}, {m['cores_logical']} cores, "
+    footer = (f"\n\n<sub>Produced by `{command}` on {m['cpu']} ({', '.join(m['simd'])}), {m['cores_logical']} cores, "
               f"{m['ram_bytes'] / 2**30:.0f} GiB RAM; llama-cpp-python {env['llama_cpp_python']}, "
               f"commit {env['commit'] or '?'}, {env['date']}.</sub>")
     (RESULTS / f"{name}.md").write_text(markdown + footer + "\n")

@@ -287,6 +287,13 @@ class Engine:
         self.close()
 
 
+def llama_system_info() -> str:
+    """What llama.cpp was built with and finds on this CPU (its own SIMD report)."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
 def _model_info(llama, path: Path) -> ModelInfo:
     meta = llama.metadata
     arch = meta.get("general.architecture", "unknown")

@@ -75,11 +75,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+                 "avx512bf16", "neon", "sve", "dotprod")
+
+
+def simd_flags() -> list[str]:
+    """The SIMD features LLVM (and so Numba) finds on this CPU."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    return [f for f in SIMD_FEATURES if features.get(f)]
+
+
 def machine() -> dict:
     """The machine a measurement was taken on."""
     import platform
 
+    import llvmlite.binding as llvm
+
     return {
+        "llvm_cpu": llvm.get_host_cpu_name(),
+        "simd": simd_flags(),
         "cpu": cpu_model(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
