@@ -32,6 +32,7 @@ class ChatConfig:
     conversation: str = "default"
     max_tokens: int = 256
     temperature: float = 0.0
+    repeat_penalty: float = 1.1
     interactive: bool = True
 
 
@@ -77,7 +78,8 @@ class ChatLoop:
 
     def reply(self, message: str) -> None:
         chunks = self.session.chat(self.current, message, max_tokens=self.config.max_tokens,
-                                   temperature=self.config.temperature, stream=True)
+                                   temperature=self.config.temperature, repeat_penalty=self.config.repeat_penalty,
+                                   stream=True)
         try:
             for chunk in chunks:
                 self.out.write(chunk)

@@ -137,8 +137,10 @@ def store_gc(directory: Path | None, verify: bool) -> None:
 @click.option("--once", "once", default=None, metavar="MESSAGE", help="Print one reply to MESSAGE and exit.")
 @click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--repeat-penalty", default=1.1, show_default=True, help="Above 1 discourages repeating recent tokens.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size; longer conversations shift.")
-def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tokens, temperature, n_ctx) -> None:
+def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tokens, temperature, repeat_penalty,
+         n_ctx) -> None:
     """Chat with a local model; every conversation resumes from its stored KV state."""
     from .chat import ChatConfig, ChatLoop
     from .session import Session
@@ -148,13 +150,13 @@ def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tok
     try:
         if once is not None:
             for chunk in session.chat(conversation, once, max_tokens=max_tokens, temperature=temperature,
-                                      stream=True):
+                                      repeat_penalty=repeat_penalty, stream=True):
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             return
         config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
-                            interactive=sys.stdin.isatty())
+                            repeat_penalty=repeat_penalty, interactive=sys.stdin.isatty())
         ChatLoop(session, sys.stdin, sys.stdout, config).run()
     finally:
         session.close()

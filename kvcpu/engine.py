@@ -58,11 +58,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Token sampling: temperature 0 is greedy and deterministic."""
+    """Token sampling: temperature 0 is greedy and deterministic. repeat_penalty > 1 divides the
+    logits of tokens seen in the last repeat_last_n (llama.cpp's rule), which keeps small models
+    out of loops."""
 
     temperature: float = 0.0
     top_p: float = 0.95
     seed: int | None = None
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
 
 
 class Engine:
@@ -183,6 +187,10 @@ class Engine:
     def sample(self, sampling: SamplingConfig, rng: np.random.Generator) -> int:
         """Pick the next token from the last logits: argmax, or nucleus sampling at a temperature."""
         logits = self.last_logits()
+        if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n > 0:
+            seen = np.unique(self.llama.input_ids[max(0, self.n_past - sampling.repeat_last_n) : self.n_past])
+            picked = logits[seen]
+            logits[seen] = np.where(picked > 0, picked / sampling.repeat_penalty, picked * sampling.repeat_penalty)
         if sampling.temperature <= 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / sampling.temperature

@@ -138,9 +138,10 @@ class Session:
     # -- a turn ----------------------------------------------------------------------------------
 
     def chat(self, conversation_id: str, message: str, *, max_tokens: int = 256, temperature: float = 0.0,
-             seed: int | None = None, stream: bool = False):
+             seed: int | None = None, repeat_penalty: float = 1.1, stream: bool = False):
         """The reply to `message`; with stream=True, an iterator of text chunks as they come."""
-        chunks = self._turn(self.new(conversation_id), message, max_tokens, SamplingConfig(temperature, seed=seed))
+        sampling = SamplingConfig(temperature, seed=seed, repeat_penalty=repeat_penalty)
+        chunks = self._turn(self.new(conversation_id), message, max_tokens, sampling)
         return chunks if stream else "".join(chunks)
 
     def _turn(self, conv: Conversation, message: str, max_tokens: int, sampling: SamplingConfig) -> Iterator[str]:

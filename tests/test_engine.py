@@ -1,0 +1,31 @@
+"""The engine's own sampling and context handling on the real model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvcpu import SamplingConfig
+
+
+def test_repeat_penalty_steers_away_from_recent_tokens(make_engine):
+    eng = make_engine()
+    tokens = eng.tokenize("red red red red red red red red red red red")
+    eng.eval(tokens)
+    rng = np.random.default_rng(0)
+    plain = eng.sample(SamplingConfig(), rng)
+    assert plain in tokens  # the loop continues without a penalty
+    penalised = eng.sample(SamplingConfig(repeat_penalty=50.0), rng)
+    assert penalised not in tokens
+
+
+def test_shift_context_keeps_the_sinks_and_the_recent_tokens(make_engine):
+    eng = make_engine(n_ctx=256)
+    tokens = eng.tokenize("The keeper climbed the steps. " * 10)
+    eng.eval(tokens)
+    eng.shift_context(8, 20)
+    assert eng.tokens == tokens[:8] + tokens[28:] and eng.n_past == len(tokens) - 20
+    state = eng.get_state()
+    np.testing.assert_array_equal(state.blocks[0].streams[0].positions, np.arange(len(tokens) - 20))
+    assert len(list(eng.generate(4))) > 0
+    eng.truncate(5)
+    assert eng.tokens == tokens[:5] and eng.get_state().n_tokens == 5
