@@ -21,6 +21,7 @@ from ..errors import KVCPUError
 from ..snapshot import Snapshot
 from ..splice import tail
 from .disk import DiskTier, StoreDiskError
+from .disk_index import DiskIndex
 from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_key
 from .policies import make_policy
 from .sharing import PrefixSharing, SharedSnapshot
@@ -67,7 +68,7 @@ class _Counters:
     disk_errors: int = 0
 
 
-class KVStore(PrefixSharing):
+class KVStore(PrefixSharing, DiskIndex):
     """Snapshots of one or more models under RAM and disk byte budgets. Thread-safe."""
 
     def __init__(self, budget_bytes: int, policy: str = "hybrid", disk_dir=None,
@@ -96,8 +97,8 @@ class KVStore(PrefixSharing):
     # -- the index ---------------------------------------------------------------------------
 
     @staticmethod
-    def _new_entry(tokens: np.ndarray, fingerprint: str, cost: float) -> _Entry:
-        return _Entry(tokens, fingerprint, cost)
+    def _new_entry(tokens: np.ndarray, fingerprint: str, cost: float, **kw) -> _Entry:
+        return _Entry(tokens, fingerprint, cost, **kw)
 
     def _index(self, key: str, entry: _Entry) -> None:
         self._entries[key] = entry
@@ -128,47 +129,6 @@ class KVStore(PrefixSharing):
             self.disk_used -= entry.disk_size
             entry.disk_size = 0
         self._unindex(key)
-
-    def _load_disk_index(self) -> None:
-        """Rebuild the index from the files on disk: shared bases first, then the entries that
-        continue them, oldest first (so recency starts right)."""
-        found = self.disk.scan()
-        for key in set(self._entries) - set(found):
-            entry = self._entries.get(key)
-            if entry is not None and entry.disk_size and not entry.is_base:  # another process evicted it
-                self.disk_used -= entry.disk_size
-                self.disk_policy.on_remove(key)
-                self._leaves["disk"] -= 1
-                entry.disk_size = 0
-                if entry.ram is None:
-                    self._unindex(key)
-        order = sorted(found.items(), key=lambda kv: (not kv[1]["meta"].get("shared_base"), kv[1]["created"]))
-        for key, info in order:
-            if key in self._entries and self._entries[key].disk_size:
-                continue
-            base, m, tokens = info["meta"].get("base"), int(info["meta"].get("base_tokens") or 0), info["tokens"]
-            if base is not None:
-                if base not in self._entries:
-                    log.warning("entry %s continues a shared prefix %s that is gone; skipped", key, base)
-                    continue
-                tokens = np.concatenate([self._entries[base].tokens, tokens]).astype(np.int32)
-            entry = self._entries.get(key) or _Entry(tokens, info["fingerprint"], 1.0, base=base, base_tokens=m)
-            entry.disk_size, entry.disk_codec = info["size"], info["codec"]
-            self.disk_used += entry.disk_size
-            if key not in self._entries:
-                self._index(key, entry)
-                if base is not None:
-                    self._entries[base].dependents += 1
-            if not info["meta"].get("shared_base"):
-                self._leaves["disk"] += 1
-                self.disk_policy.on_insert(key, entry.disk_size, entry.cost)
-        for key in [k for k, e in self._entries.items() if e.dependents == 0 and self._is_base_file(k, found)]:
-            self._drop_everywhere(key)  # a base whose dependents are all gone
-        self._enforce(self.disk_policy, "disk")
-
-    @staticmethod
-    def _is_base_file(key: str, found: dict) -> bool:
-        return bool(found.get(key, {}).get("meta", {}).get("shared_base"))
 
     # -- writing -----------------------------------------------------------------------------
 
