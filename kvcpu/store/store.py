@@ -9,7 +9,6 @@ only then does it leave the tier (RAM: it stays on disk; disk: it is gone).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,8 +24,6 @@ from .disk_index import DiskIndex
 from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_key
 from .policies import make_policy
 from .sharing import PrefixSharing, SharedSnapshot
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LADDER = ("f16", "int8", "int4-rot")
 
