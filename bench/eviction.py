@@ -34,7 +34,7 @@ from kvcpu.store.policies import make_policy, simulate
 
 BYTES_PER_TOKEN = 12_255  # SmolLM2's f16 23,040 B/token at int8's 1.88x (bench/quality.py)
 PREFILL_TOK_S = 180.0  # SmolLM2 on 2 cores (DESIGN.md)
-KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "hybrid"]
+KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "hybrid"]
 LCS = {"lcs-LRU": lcs.LRU, "lcs-ARC": lcs.ARC, "lcs-S3FIFO": lcs.S3FIFO, "lcs-LeCaR": lcs.LeCaR,
        "lcs-WTinyLFU": lcs.WTinyLFU, "BeladySize": lcs.BeladySize}
 FRACTIONS = [0.02, 0.05, 0.1, 0.2]

@@ -6,7 +6,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcpu.store.policies import ARC, FIFO, GDS, GDSF, LFU, LRU, POLICIES, S3FIFO, Hybrid, make_policy, simulate
+from kvcpu.store.policies import (
+    ARC,
+    FIFO,
+    GDS,
+    GDSF,
+    LFU,
+    LRU,
+    POLICIES,
+    S3FIFO,
+    GDSmall,
+    Hybrid,
+    make_policy,
+    simulate,
+)
 
 ops = st.lists(st.tuples(st.sampled_from(["put", "get", "del"]), st.integers(0, 15), st.integers(1, 40),
                          st.floats(0.01, 5.0)), max_size=150)
@@ -97,6 +110,11 @@ def test_gds_evicts_the_largest_then_ages():
     gds.on_remove("big")
     gds.on_insert("new", 10, 1.0)  # as small as small, but L has risen since: it outranks it
     assert gds.victim() == "small"
+
+
+def test_gd_small_keeps_small_entries_even_against_frequency():
+    gd = GDSmall(1000)
+    assert _run(gd, [("put", "big", 100), *[("get", "big", 100)] * 8, ("put", "small", 10)]) == "big"
 
 
 def test_arc_adapts_between_recency_and_frequency():

@@ -8,6 +8,7 @@ remove that key, and tell the policy `on_remove`.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass
@@ -141,6 +142,17 @@ class GDS(_PriorityPolicy):
 
     def priority(self, key, size, cost):
         return self.inflation + 1.0 / max(size, 1)
+
+
+class GDSmall(_PriorityPolicy):
+    """GreedyDual leaning hard toward small entries: priority = L + sqrt(frequency) / size^1.5.
+    For hit ratio among entries of very different sizes (bench/eviction.py found it the best
+    single expert on the chat trace's smallest budget and the shift trace's largest)."""
+
+    name = "gd-small"
+
+    def priority(self, key, size, cost):
+        return self.inflation + math.sqrt(self.freq[key]) / max(size, 1) ** 1.5
 
 
 class S3FIFO(Policy):
@@ -295,7 +307,8 @@ class _Shadow:
 class Hybrid(Policy):
     """Follows whichever of its experts is doing best on this workload, and switches when
     another starts doing better: recency weighed by size (GreedyDual-Size: small and recent
-    stay) against recency and frequency adapted by ghost lists (ARC).
+    stay), recency and frequency adapted by ghost lists (ARC), and a GreedyDual that leans hard
+    toward small entries (gd-small).
 
     Each expert also runs as a shadow cache of the same size over keys and sizes alone, so
     every request scores every expert (hits, decayed so the recent past counts most). The
@@ -306,7 +319,7 @@ class Hybrid(Policy):
 
     name = "hybrid"
 
-    def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = ("gds", "arc"), decay: float = 0.999,
+    def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = ("gds", "arc", "gd-small"), decay: float = 0.999,
                  cost_aware: bool = False):
         super().__init__(capacity_bytes)
         self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
@@ -338,7 +351,7 @@ class Hybrid(Policy):
         return self.experts[leader].victim()
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, S3FIFO, ARC)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, S3FIFO, ARC)}
 POLICIES["hybrid"] = Hybrid
 
 
