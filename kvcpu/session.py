@@ -48,7 +48,7 @@ class TurnStats:
     prefill_ms: float
     ttft_ms: float
     decode_tps: float
-    snapshot_bytes: int
+    snapshot_bytes: int  # what the store keeps for this turn (its own part, when a prefix is shared)
     context_shifted: bool
 
 
@@ -240,8 +240,8 @@ class Session:
         try:
             snap = Snapshot.from_state(self.engine.get_state(), self.fingerprint, self.codec,
                                        model_name=self.engine.info.path, meta={"conversation": conv.id})
-            nbytes = len(snap.to_bytes())
-            self.store.put(snap, cost=len(conv.tokens) / PREFILL_TOKENS_PER_S)
+            key = self.store.put(snap, cost=len(conv.tokens) / PREFILL_TOKENS_PER_S)
+            nbytes = self.store.stored_bytes(key)  # put serialized it once already
         except KVCPUError as exc:
             log.warning("could not store the state of %s: %s", conv.id, exc)
         self._save_conversation_file(conv)

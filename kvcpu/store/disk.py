@@ -100,11 +100,13 @@ class DiskTier:
                 raise StoreDiskError(f"disk full: cannot write {len(blob):,} bytes to {self.root}") from exc
             raise StoreDiskError(f"cannot write to {self.root}: {exc.strerror or exc}") from exc
 
-    def read(self, key: str) -> Snapshot | None:
-        """The verified snapshot, or None (the file is then quarantined, or gone)."""
+    def read(self, key: str) -> tuple[bytes, Snapshot] | None:
+        """The file's bytes and the snapshot they verify as, or None (the file is then
+        quarantined, or gone)."""
         path = self.path(key)
         try:
-            return Snapshot.from_bytes(path.read_bytes())
+            blob = path.read_bytes()
+            return blob, Snapshot.from_bytes(blob)
         except FileNotFoundError:
             return None  # another process evicted it
         except (SnapshotError, OSError) as exc:

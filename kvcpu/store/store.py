@@ -228,10 +228,14 @@ class KVStore(PrefixSharing, DiskIndex):
         rungs = self.ladder[self.ladder.index(codec) + 1 :] if codec in self.ladder else ()
         if not rungs:
             return False
-        old = entry.ram if tier == "ram" else self.disk.read(key)
+        if tier == "ram":
+            old = entry.ram
+        else:
+            found = self.disk.read(key)
+            old = found[0] if found else None
         if old is None:
             return False  # the file went bad or away: it is evicted instead
-        snap = old if isinstance(old, Snapshot) else Snapshot.from_bytes(old)
+        snap = Snapshot.from_bytes(old)
         blob = Snapshot.from_state(snap.decode(), snap.fingerprint, rungs[0], model_name=snap.model_name,
                                    meta=snap.meta).to_bytes()
         if tier == "ram":
@@ -300,8 +304,8 @@ class KVStore(PrefixSharing, DiskIndex):
             if policy:
                 self.ram_policy.on_access(key, len(entry.ram), entry.cost)
             return Snapshot.from_bytes(entry.ram)
-        snap = self.disk.read(key) if entry.disk_size else None
-        if snap is None:  # corrupt (now quarantined) or removed by another process
+        found = self.disk.read(key) if entry.disk_size else None
+        if found is None:  # corrupt (now quarantined) or removed by another process
             if entry.disk_size:
                 if policy:
                     self.disk_policy.on_remove(key)
@@ -309,7 +313,7 @@ class KVStore(PrefixSharing, DiskIndex):
                 else:
                     self._drop_everywhere(key)
             raise KVCPUError(f"entry {key!r} could not be read back from disk; it was dropped")
-        blob = snap.to_bytes()
+        blob, snap = found  # the bytes read are kept as they are, not serialized again
         if not policy:
             entry.ram, entry.ram_codec = blob, snap.packed.codec
             self.used += len(blob)
@@ -353,6 +357,12 @@ class KVStore(PrefixSharing, DiskIndex):
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
+
+    def stored_bytes(self, key: str) -> int:
+        """What an entry takes: its RAM copy's bytes, or else its file's."""
+        with self._lock:
+            entry = self._entries[key]
+            return len(entry.ram) if entry.ram is not None else entry.disk_size
 
     def keys(self) -> list[str]:
         with self._lock:
