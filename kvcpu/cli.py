@@ -197,3 +197,8 @@ def demo(model: str, n_tokens: int, snapshot_path: Path | None, threads: int | N
     same = "[green]identical[/]" if r.same_continuation else "[red]different[/]"
     out.print(f"greedy continuation after restore vs. continuous run: {same}")
     out.print(f"[dim]{r.continuation!r}[/]")
+
+
+from .cli_bench import bench  # noqa: E402  (its own module: the bench command's terminal parts)
+
+main.add_command(bench)

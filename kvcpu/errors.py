@@ -72,3 +72,7 @@ class ModelChecksumError(ModelError):
 
 class EngineError(KVCPUError):
     """llama.cpp refused an operation (load, eval, state get or set)."""
+
+
+class BenchResultsError(KVCPUError):
+    """A benchmark results file is not one kvcpu can read: foreign, damaged or from a newer kvcpu."""

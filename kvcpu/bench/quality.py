@@ -1,0 +1,153 @@
+"""Quality of every codec on the real model, by DESIGN.md's protocol.
+
+Prefix P and continuation C come from the prose kvcpu ships. Each codec's decoded state is
+compared with the exact state on the same attention path. In the same run llama.cpp's own
+quantized caches (q8_0, q4_0; flash attention on) are compared with f16 on flash attention,
+and f16 with flash attention against f16 without it gives the noise floor.
+"""
+
+from __future__ import annotations
+
+from ..codecs import codec, codec_names
+from ..data import eval_text
+from ..engine import Engine
+from ..errors import KVCPUError
+from ..layout import LAYOUTS
+from ..quality import compare, continuation_logits
+from .common import SuiteContext, figure, markdown_table, pyplot
+
+TITLE = "Quality: compression against KL divergence"
+
+# Codec variants worth a row besides each codec's defaults (full runs only).
+VARIANTS = [("int8", {"axis_k": "channel"}), ("int4-rot", {"group": 16}), ("int4-rot", {"symmetric": False}),
+            ("adaptive", {"target_ratio": 3.5}), ("adaptive", {"target_ratio": 3.0}), ("svd", {"ratio": 2.0}),
+            ("svd", {"energy": 0.999, "factors": "int8"}), ("cluster", {"inner": "int8"})]
+NATIVE = [("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")]
+
+
+def params(quick: bool) -> dict:
+    """Prefix and continuation lengths; quick runs measure each codec's defaults on one layout."""
+    if quick:
+        return {"prefix": 512, "continuation": 128, "variants": False, "layouts": ["blocked"]}
+    return {"prefix": 1000, "continuation": 256, "variants": True, "layouts": list(LAYOUTS)}
+
+
+def _codec_rows(ctx: SuiteContext, prefix, cont, configs, layouts, n_steps) -> list[dict]:
+    eng = Engine.load(ctx.model_path, n_ctx=len(prefix) + len(cont) + 16, logits_all=True)
+    eng.eval(prefix)
+    state = eng.get_state()
+    reference = continuation_logits(eng, state, cont)
+    rows = []
+    for i, (name, kw) in enumerate(configs):
+        label = name + "".join(f" {k}={v}" for k, v in kw.items())
+        ctx.tick(i, n_steps, label)
+        for layout in layouts:
+            packed = codec(name, **kw).encode(state, layout=layout)
+            report = compare(reference, continuation_logits(eng, packed.decode(), cont), cont)
+            rows.append({"kind": "kvcpu", "codec": label, "layout": packed.layout, "ratio": packed.ratio(),
+                         "bytes": packed.nbytes, **report.as_dict()})
+            if packed.layout == "raw":
+                break  # stored as llama.cpp's own bytes: one layout only
+    eng.close()
+    return rows
+
+
+def _native_rows(ctx: SuiteContext, prefix, cont, done: int, n_steps: int) -> list[dict]:
+    """llama.cpp's own caches, against f16 on the same (flash attention) path."""
+    n_ctx = len(prefix) + len(cont) + 16
+
+    def run(**kw):
+        with Engine.load(ctx.model_path, n_ctx=n_ctx, logits_all=True, **kw) as eng:
+            eng.eval(prefix)
+            state = eng.get_state()
+            return state, eng.eval(cont)
+
+    ctx.tick(done, n_steps, "noise floor")
+    f16_state, f16_fa = run(flash_attn=True)
+    _, f16_plain = run()
+    rows = [{"kind": "noise floor", "codec": "f16, flash attention vs none", "layout": "-", "ratio": 1.0,
+             "bytes": f16_state.kv_nbytes, **compare(f16_plain, f16_fa, cont).as_dict()}]
+    for i, (tk, tv) in enumerate(NATIVE):
+        ctx.tick(done + 1 + i, n_steps, f"llama.cpp {tk}/{tv}")
+        try:
+            state, logits = run(flash_attn=True, type_k=tk, type_v=tv)
+        except KVCPUError as exc:  # a build without quantized caches: say so in the row, keep going
+            rows.append({"kind": "llama.cpp cache", "codec": f"type_k={tk} type_v={tv}", "error": str(exc)})
+            continue
+        rows.append({"kind": "llama.cpp cache", "codec": f"type_k={tk} type_v={tv}", "layout": "-",
+                     "ratio": f16_state.kv_nbytes / state.kv_nbytes, "bytes": state.kv_nbytes,
+                     **compare(f16_fa, logits, cont).as_dict()})
+    return rows
+
+
+def run(ctx: SuiteContext, prefix: int, continuation: int, variants: bool, layouts: list[str]) -> dict:
+    """Rows of ratio, KL, top-1 agreement and perplexity per codec and layout, then llama.cpp's."""
+    with Engine.load(ctx.model_path, n_ctx=64) as tokenizer:
+        tokens = tokenizer.tokenize(eval_text())
+    if len(tokens) < prefix + continuation:
+        raise ValueError(f"the shipped text has {len(tokens)} tokens, fewer than prefix + continuation")
+    p, c = tokens[:prefix], tokens[prefix : prefix + continuation]
+    configs = [(name, {}) for name in codec_names()] + (VARIANTS if variants else [])
+    n_steps = len(configs) + 1 + len(NATIVE)
+    rows = _codec_rows(ctx, p, c, configs, layouts, n_steps) + _native_rows(ctx, p, c, len(configs), n_steps)
+    return {"prefix_tokens": prefix, "continuation_tokens": continuation, "rows": rows}
+
+
+def blocked_rows(data: dict) -> list[dict]:
+    """One row per kvcpu codec: its blocked (or raw) layout, the one a store uses."""
+    return [r for r in data["rows"] if r["kind"] == "kvcpu" and r["layout"] in ("blocked", "raw")]
+
+
+def headline(data: dict) -> dict:
+    """Ratio and KL of the default int8 and int4-rot codecs, and the noise floor."""
+    out = {}
+    for r in blocked_rows(data):
+        if r["codec"] in ("int8", "int4-rot"):
+            out[f"{r['codec']}_kl"] = figure(r["kl_mean"], "KL", "lower", f"{r['codec']} mean KL")
+            out[f"{r['codec']}_ratio"] = figure(r["ratio"], "x", "higher", f"{r['codec']} compression")
+    floor = next(r for r in data["rows"] if r["kind"] == "noise floor")
+    out["noise_floor_kl"] = figure(floor["kl_mean"], "KL", "lower", "noise floor (flash attention vs none)")
+    return out
+
+
+def plot(data: dict, folder) -> list[str]:
+    """Ratio against KL, log scale, one marker per kind."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for kind, marker in (("kvcpu", "o"), ("llama.cpp cache", "s"), ("noise floor", "x")):
+        pts = [r for r in data["rows"] if r["kind"] == kind and r.get("kl_mean", 0) > 0]
+        ax.scatter([r["ratio"] for r in pts], [r["kl_mean"] for r in pts], marker=marker, label=kind)
+        for r in pts:
+            if r["layout"] in ("blocked", "-", "raw"):
+                ax.annotate(r["codec"], (r["ratio"], r["kl_mean"]), fontsize=7, xytext=(4, 2),
+                            textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("compression ratio (f16 KV bytes / encoded bytes)")
+    ax.set_ylabel("mean KL(reference || candidate)")
+    ax.set_title("What each codec costs in quality")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "quality.png", dpi=120)
+    plt.close(fig)
+    return ["quality.png"]
+
+
+def render(data: dict, short: bool = False) -> str:
+    """Every row, or (short) one per codec with the exact state's perplexity."""
+    head = (f"Prefix {data['prefix_tokens']} tokens, continuation {data['continuation_tokens']} tokens. kvcpu "
+            "codecs against the exact f16 state (no flash attention); llama.cpp caches against f16 with flash "
+            "attention.\n\n")
+    rows = [r for r in data["rows"] if "error" not in r]
+    if short:
+        rows = [r for r in rows if r["layout"] in ("blocked", "raw", "-")]
+        return head + markdown_table([("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
+                                      ("top1_agreement|top-1 agree", ".3f"),
+                                      ("ppl_candidate|perplexity", ".2f")], rows) + (
+            f"\n\nPerplexity of the exact state: {rows[0]['ppl_reference']:.2f}.")
+    return head + markdown_table([("kind|kind", "s"), ("codec|codec", "s"), ("layout|layout", "s"),
+                                  ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
+                                  ("top1_agreement|top-1 agree", ".3f"), ("ppl_reference|ppl ref", ".2f"),
+                                  ("ppl_candidate|ppl cand", ".2f")], rows) + "\n\n![ratio against KL](quality.png)"

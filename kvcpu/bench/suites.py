@@ -1,0 +1,11 @@
+"""The benchmark suites, by name, in the order a full run takes them."""
+
+from __future__ import annotations
+
+from . import eviction, kernels, llamacache, quality, restore, session, sharing
+
+SUITES = {"kernels": kernels, "quality": quality, "restore": restore, "eviction": eviction, "session": session,
+          "sharing": sharing, "llamacache": llamacache}
+# Rough seconds on a 2-core machine (quick, full): only the progress bar's proportions use them.
+WEIGHTS = {"kernels": (25, 100), "quality": (25, 150), "restore": (10, 60), "eviction": (30, 360),
+           "session": (25, 240), "sharing": (25, 60), "llamacache": (35, 150)}

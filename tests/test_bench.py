@@ -1,0 +1,211 @@
+"""`kvcpu bench`: the quick kernels run end to end, the results format, comparison and recommendation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+import types
+
+import pytest
+from click.testing import CliRunner
+
+from kvcpu import models
+from kvcpu.bench import FORMAT, VERSION, BenchConfig, Limits, figure_differences, recommend, run_bench, validate
+from kvcpu.bench import results as bench_results
+from kvcpu.bench.common import figure
+from kvcpu.cli import main
+from kvcpu.errors import BenchResultsError
+
+KERNEL_LABELS = {"int8 per-token groups", "int8 per-channel groups", "int4 asym per-channel (+pack)",
+                 "int4 sym per-token (+pack)", "int4 Hadamard-rotated (+pack)", "int8 per-token groups (vectorized)",
+                 "Q8_0 (float32 input)", "Q4_0 (float32 input)", "numpy.copyto", "f16 bits <-> float32",
+                 "transpose (n, e) <-> (e, n)"}
+
+
+@pytest.fixture(scope="module")
+def quick_kernels(model_path, tmp_path_factory):
+    """`kvcpu bench --quick --only kernels`, run as a user runs it, in its own process."""
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, "-m", "kvcpu", "bench", "--quick", "--only", "kernels", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_kernels_writes_a_complete_results_file(quick_kernels, model_path):
+    out, _ = quick_kernels
+    doc = json.loads((out / "results.json").read_text())
+    validate(doc)
+    assert (doc["format"], doc["version"]) == (FORMAT, VERSION)
+    assert doc["options"]["quick"] is True and doc["options"]["only"] == ["kernels"]
+    assert doc["command"] == f"kvcpu bench --quick --only kernels --out {out}"
+    assert list(doc["suites"]) == ["kernels"]
+    assert doc["model"]["fingerprint"] == models.fingerprint(model_path)
+    assert doc["model"]["kv_bytes_per_token_f16"] == 2 * doc["model"]["n_layer"] * doc["model"]["n_head_kv"] * \
+        doc["model"]["head_dim"] * 2
+    m, s = doc["machine"], doc["software"]
+    assert m["cores_logical"] >= 1 and m["ram_bytes"] > 2**28 and m["cpu"]
+    assert m["simd_llama"] and "AVX2 = 1" not in m["simd_llama"]  # parsed names, not raw text
+    assert all(s[k] and s[k] != "unknown" for k in ("kvcpu", "numpy", "numba", "llama_cpp_python", "llama_cpp"))
+    assert doc["recommendation"] is None  # no quality suite, no recommendation
+
+
+def test_quick_kernels_rows_are_all_there_and_sane(quick_kernels):
+    out, _ = quick_kernels
+    suite = json.loads((out / "results.json").read_text())["suites"]["kernels"]
+    data = suite["data"]
+    assert suite["params"] == {"tokens": 1000, "repeat": 3} and data["tokens"] == 1000
+    assert {r["kernel"] for r in data["kernels"]} == KERNEL_LABELS
+    for r in data["kernels"]:
+        assert all(_positive(r[k]) for k in ("encode_gbs", "decode_gbs", "encode_ms", "decode_ms",
+                                             "encode_vs_gguf_q8", "decode_vs_gguf_q8")), r
+    q8 = next(r for r in data["kernels"] if r["kernel"].startswith("Q8_0"))
+    assert q8["encode_vs_gguf_q8"] == pytest.approx(1.0)
+    assert {(r["codec"], r["layout"]) for r in data["layouts"]} == {
+        (c, lay) for c in ("int8", "int4", "int4-rot") for lay in ("aligned", "blocked", "columnar", "interleaved")}
+    for r in data["layouts"]:
+        assert all(_positive(r[k]) for k in ("ratio", "encode_ms", "decode_ms", "prefix_decode_ms")), r
+        assert 1.5 < r["ratio"] < 4.5
+    assert set(suite["headline"]) >= {"int8_encode_gbs", "int8_decode_gbs", "int8_decode_ms", "int4-rot_decode_ms"}
+    assert all(_positive(f["value"]) for f in suite["headline"].values())
+
+
+def test_quick_kernels_report_and_terminal_summary(quick_kernels):
+    out, done = quick_kernels
+    report = (out / "report.md").read_text()
+    for heading in ("## Machine", "## Summary", "## Recommendation", "## Kernels and layouts (`kernels`)"):
+        assert heading in report
+    assert "![kernel throughput](kernels.png)" in report
+    assert (out / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "int8 per-channel encode" in done.stdout and "GB/s" in done.stdout
+
+
+def test_compare_a_run_with_itself_and_with_a_changed_copy(quick_kernels, tmp_path):
+    out, _ = quick_kernels
+    doc = json.loads((out / "results.json").read_text())
+    same = CliRunner().invoke(main, ["bench", "--compare", str(out / "results.json"), str(out / "results.json")])
+    assert same.exit_code == 0, same.output
+    assert "Same machine" in same.output and "better" not in same.output and "worse" not in same.output
+    changed = copy.deepcopy(doc)
+    changed["suites"]["kernels"]["headline"]["int8_encode_gbs"]["value"] *= 2  # higher is better
+    changed["suites"]["kernels"]["headline"]["int8_decode_ms"]["value"] *= 2  # lower is better
+    changed["machine"]["cpu"] = "Another CPU"
+    (tmp_path / "b.json").write_text(json.dumps(changed))
+    rows = {r["figure"]: r for r in figure_differences(doc, changed)}
+    assert rows["int8 per-channel encode"]["verdict"] == "better"
+    assert rows["int8 per-channel encode"]["change"] == pytest.approx(1.0)
+    assert rows["int8 decode, 1000 tokens"]["verdict"] == "worse"
+    result = CliRunner().invoke(main, ["bench", "--compare", str(out / "results.json"), str(tmp_path / "b.json")])
+    assert result.exit_code == 0 and "Another CPU" in result.output and "+100.0%" in result.output
+
+
+def _minimal_doc() -> dict:
+    return {"format": FORMAT, "version": VERSION, "created": "2026-01-01T00:00:00Z", "command": "kvcpu bench",
+            "seconds": 1.0, "options": {"quick": True}, "recommendation": None,
+            "machine": {"cpu": "c", "cores_logical": 2, "ram_bytes": 2**33, "simd_numba": [], "simd_llama": []},
+            "software": {k: "1" for k in ("kvcpu", "numpy", "numba", "llama_cpp_python", "llama_cpp")},
+            "model": {"name": "m", "fingerprint": "f", "kv_bytes_per_token_f16": 23040},
+            "suites": {"s": {"title": "t", "params": {}, "created": "x", "seconds": 1, "data": {}, "plots": [],
+                             "headline": {"a": figure(2.0, "ms", "lower", "a")}}}}
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: d.update(format="other"), "not a kvcpu bench results file"),
+    (lambda d: d.update(version=VERSION + 1), "upgrade kvcpu"),
+    (lambda d: d.pop("machine"), "lacks the field 'machine'"),
+    (lambda d: d["model"].pop("fingerprint"), "model lacks the field 'fingerprint'"),
+    (lambda d: d.update(seconds="fast"), "seconds is str"),
+    (lambda d: d["suites"]["s"]["headline"]["a"].update(better="sideways"), "better is 'sideways'"),
+    (lambda d: d["suites"]["s"].update(headline=[]), "headline is list"),
+])
+def test_validate_names_what_is_wrong(damage, words):
+    doc = _minimal_doc()
+    assert validate(copy.deepcopy(doc)) == doc
+    damage(doc)
+    with pytest.raises(BenchResultsError, match=words):
+        validate(doc)
+
+
+def test_a_foreign_or_damaged_file_is_one_clear_error(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(_minimal_doc()))
+    (tmp_path / "b.json").write_bytes(b"\x00\xffnot json")
+    result = CliRunner().invoke(main, ["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 1 and "b.json is not JSON" in said and "Traceback" not in said
+    with pytest.raises(BenchResultsError, match="cannot read"):
+        bench_results.load(tmp_path / "absent.json")
+
+
+def test_unknown_suite_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown suite.*bogus"):
+        BenchConfig(only=("kernels", "bogus"))
+    result = CliRunner().invoke(main, ["bench", "--only", "kernels,bogus"])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+def test_llama_simd_reads_llama_cpps_report():
+    info = "CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | NEON = 1 | REPACK = 1 |"
+    assert bench_results.llama_simd(info) == ["SSE3", "AVX", "NEON", "REPACK"]
+    assert bench_results.llama_simd("") == []
+
+
+def _quality_suites(model_rss_mb: float = 400) -> dict:
+    rows = [("f16", 1.0, 0.0), ("int8", 1.88, 0.003), ("int4", 2.9, 0.006), ("int4-rot", 3.54, 0.009),
+            ("adaptive", 4.0, 0.015), ("int4-rot group=16", 3.2, 0.004)]
+    quality = {"rows": [{"kind": "kvcpu", "codec": c, "layout": "raw" if c == "f16" else "blocked", "ratio": r,
+                         "kl_mean": kl, "top1_agreement": 0.95} for c, r, kl in rows]}
+    restore = {"rss_model_bytes": int(model_rss_mb * 2**20)}
+    return {"quality": {"data": quality}, "restore": {"data": restore}}
+
+
+@pytest.mark.parametrize("kl, expected", [(0.01, "int4-rot"), (0.005, "int8"), (0.0001, "f16"), (0.02, "adaptive")])
+def test_recommendation_picks_the_most_compact_codec_within_the_kl_limit(kl, expected):
+    rec = recommend(_quality_suites(), {"kv_bytes_per_token_f16": 23040}, Limits(kl=kl, ram_mb=1424))
+    assert rec["codec"] == expected
+    assert rec["budget_mb"] == pytest.approx(1024)
+    pick = next(r for r in rec["candidates"] if r["codec"] == expected)
+    assert pick["tokens_in_budget"] == pytest.approx(1024 * 2**20 / (23040 / pick["ratio"]))
+    assert "group=16" not in {r["codec"] for r in rec["candidates"]}  # variants are not chat options
+    assert expected in rec["why"]
+
+
+def test_recommendation_says_when_nothing_fits():
+    suites = _quality_suites(model_rss_mb=900)
+    assert recommend(suites, {"kv_bytes_per_token_f16": 23040}, Limits(kl=0.01, ram_mb=800))["codec"] is None
+    assert "over the 800 MB RAM limit" in recommend(suites, {"kv_bytes_per_token_f16": 23040},
+                                                    Limits(kl=0.01, ram_mb=800))["why"]
+    suites["quality"]["data"]["rows"] = [r for r in suites["quality"]["data"]["rows"] if r["kl_mean"] > 0]
+    rec = recommend(suites, {"kv_bytes_per_token_f16": 23040}, Limits(kl=0.001, ram_mb=2000))
+    assert rec["codec"] is None and "No codec stays within KL 0.001" in rec["why"]
+    assert recommend({}, {"kv_bytes_per_token_f16": 1}, Limits()) is None
+
+
+def _fake_suite(value: float):
+    return types.SimpleNamespace(
+        TITLE="Fake", params=lambda quick: {"quick": quick}, run=lambda ctx, quick: {"v": value},
+        headline=lambda data: {"v": figure(data["v"], "x", "higher", "v")}, plot=lambda data, folder: [],
+        render=lambda data, short=False: f"v = {data['v']}")
+
+
+def test_merge_keeps_the_other_suites_and_replaces_the_rerun_one(model_path, tmp_path, monkeypatch):
+    import kvcpu.bench.report as report
+    import kvcpu.bench.run as run
+
+    suites = {"one": _fake_suite(1.0), "two": _fake_suite(2.0)}
+    monkeypatch.setattr(run, "SUITES", suites)
+    monkeypatch.setattr(report, "SUITES", suites)
+    run_bench(BenchConfig(model=str(model_path), only=("one", "two"), out=tmp_path))
+    suites["two"] = _fake_suite(3.0)
+    doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path, merge=True))
+    assert {k: s["data"]["v"] for k, s in doc["suites"].items()} == {"one": 1.0, "two": 3.0}
+    assert bench_results.load(tmp_path / "results.json") == json.loads(json.dumps(doc))
+    assert "v = 3.0" in (tmp_path / "report.md").read_text()
+    doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path))
+    assert list(doc["suites"]) == ["two"]  # without --merge, a run stands alone
