@@ -209,3 +209,23 @@ def test_merge_keeps_the_other_suites_and_replaces_the_rerun_one(model_path, tmp
     assert "v = 3.0" in (tmp_path / "report.md").read_text()
     doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path))
     assert list(doc["suites"]) == ["two"]  # without --merge, a run stands alone
+
+
+def test_readme_figures_are_the_committed_results_file():
+    """Every bench section of README.md is exactly what bench/readme.py makes of
+    bench/results/results.json: no figure in the README is typed by hand or left stale."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("bench_readme", root / "bench" / "readme.py")
+    readme_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_tool)
+    doc = bench_results.load(root / "bench" / "results" / "results.json")
+    readme = (root / "README.md").read_text()
+    rewritten, missing = readme_tool.rewrite(readme, readme_tool.sections(doc, "bench/results"))
+    assert not missing and rewritten == readme
+    assert set(doc["suites"]) == {"kernels", "quality", "restore", "eviction", "session", "sharing", "llamacache"}
+    assert doc["options"]["quick"] is False and doc["command"].startswith("kvcpu bench")
+    for suite in doc["suites"].values():
+        assert all((root / "bench" / "results" / p).is_file() for p in suite["plots"])

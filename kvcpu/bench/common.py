@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Callable
@@ -114,3 +115,25 @@ def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
     template = jinja2.Environment(loader=jinja2.BaseLoader()).from_string(llm.metadata["tokenizer.chat_template"])
     text = template.render(messages=messages, add_generation_prompt=True)
     return llm.tokenize(text.encode(), special=True)
+
+
+def in_fresh_process(fn, *args) -> dict:
+    """fn(*args, queue) in a new interpreter (spawned, so nothing is inherited); returns what it put.
+    For figures such as RSS that must not include what this process loaded before."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(*args, out))
+    proc.start()
+    try:
+        return out.get(timeout=3600)
+    finally:
+        proc.join()
+
+
+def model_rss(model_path, n_ctx: int, out) -> None:
+    """Puts the RSS of a fresh process with kvcpu imported and the model loaded (for in_fresh_process)."""
+    from .. import metrics
+    from ..engine import Engine
+
+    with Engine.load(model_path, n_ctx=n_ctx):
+        out.put({"rss_bytes": metrics.rss_bytes()})

@@ -10,13 +10,12 @@ least half the conversation's tokens), entries, mean time to first token, and RS
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import time
 
 import numpy as np
 
-from .common import SuiteContext, chat_prompt_tokens, figure, markdown_table
+from .common import SuiteContext, chat_prompt_tokens, figure, in_fresh_process, markdown_table
 
 TITLE = "kvcpu's store against LlamaRAMCache"
 TOPICS = ["the sea", "bread", "bees", "chess", "rain", "trains", "maps", "tea", "owls", "glass", "kites", "salt"]
@@ -102,25 +101,14 @@ def _resident(llm, cache, history: dict[str, list]) -> int:
     return resident
 
 
-def _in_fresh_process(fn, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=fn, args=(*args, out))
-    proc.start()
-    try:
-        return out.get(timeout=3600)
-    finally:
-        proc.join()
-
-
 def run(ctx: SuiteContext, budget_mb: int, turns: int, max_tokens: int) -> dict:
     """One row per system, each measured in its own process."""
     plan = chat_script(turns, ctx.seed)
     budget = budget_mb << 20
     ctx.tick(0, 2, "LlamaRAMCache")
-    rows = [_in_fresh_process(_run_llamacache, str(ctx.model_path), plan, budget, max_tokens)]
+    rows = [in_fresh_process(_run_llamacache, str(ctx.model_path), plan, budget, max_tokens)]
     ctx.tick(1, 2, "kvcpu store")
-    rows.append(_in_fresh_process(_run_kvcpu, str(ctx.model_path), plan, budget, max_tokens))
+    rows.append(in_fresh_process(_run_kvcpu, str(ctx.model_path), plan, budget, max_tokens))
     return {"budget_mb": budget_mb, "turns": turns, "max_tokens": max_tokens, "script": plan,
             "conversations": len({c for c, _ in plan}), "rows": rows}
 

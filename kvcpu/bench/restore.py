@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import metrics
 from ..engine import Engine
 from ..snapshot import Snapshot
-from .common import SuiteContext, corpus_tokens, figure, markdown_table, median_of, pyplot
+from .common import SuiteContext, corpus_tokens, figure, in_fresh_process, markdown_table, median_of, model_rss, pyplot
 
 TITLE = "Restore against prefill"
 
@@ -51,9 +51,10 @@ def _measure(eng: Engine, tokens: list[int], repeat: int, folder: Path) -> dict:
 
 
 def run(ctx: SuiteContext, lengths: list[int], repeat: int) -> dict:
-    """One row per prompt length, all on one engine; RSS with the model loaded and nothing else."""
+    """One row per prompt length, all on one engine; and the RSS of a fresh process holding the
+    model at chat's context size, which the recommendation subtracts from the RAM limit."""
+    rss_model = in_fresh_process(model_rss, str(ctx.model_path), 4096)["rss_bytes"]  # what chat would take
     with Engine.load(ctx.model_path, n_ctx=max(lengths) + 16) as eng:
-        rss_model = metrics.rss_bytes()
         corpus = corpus_tokens(eng, max(lengths))
         rows = []
         with tempfile.TemporaryDirectory() as tmp:

@@ -43,9 +43,9 @@ def _version(package: str) -> str:
 
 
 def _commit() -> str:
-    """The source tree's git commit, when kvcpu runs from a checkout."""
+    """The source tree's git commit when kvcpu runs from a checkout ('-dirty' if it has changes)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -132,7 +132,7 @@ def replay_libcachesim(cls, trace: list[tuple], capacity: int) -> dict:
     for i in range(len(trace) - 1, -1, -1):
         nxt[i] = seen.get(obj[i], 2**62)
         seen[obj[i]] = i
-    with _c_stderr_silenced():  # WTinyLFU prints sizing notes from C at small budgets
+    with _c_output_silenced():  # WTinyLFU prints sizing notes from C at small budgets
         return _replay(lcs, cls(cache_size=capacity), trace, obj, nxt)
 
 
@@ -158,14 +158,17 @@ def _replay(lcs, cache, trace: list[tuple], obj: list[int], nxt: list[int]) -> d
 
 
 @contextlib.contextmanager
-def _c_stderr_silenced():
-    """Points file descriptor 2 at /dev/null for the block (C code's fprintf), then restores it."""
+def _c_output_silenced():
+    """Points file descriptors 1 and 2 at /dev/null for the block (C code's printf), then back."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
     with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
         os.dup2(null.fileno(), 2)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)

@@ -1,279 +1,23 @@
-"""Eviction policies: each one small class with the same few methods.
+"""Eviction policies, one small class each with the same few methods (policy_base.Policy),
+the hybrid that follows the best of them, and `simulate`, which replays a trace.
 
-A policy only orders keys. Whoever holds the bytes (KVStore, or `simulate` here) keeps the
-byte accounting and runs the eviction loop: insert, then while over budget, ask `victim()`,
-remove that key, and tell the policy `on_remove`.
+Queue-based policies live in queues.py, GreedyDual ones in greedydual.py; this module is the
+registry the store and the benchmarks use.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-Key = Hashable
+from .greedydual import GDS, GDSF, LFU, GDLearn, GDSmall
+from .policy_base import Key, Policy
+from .queues import ARC, FIFO, LRU, S3FIFO
 
+__all__ = ["ARC", "FIFO", "GDS", "GDSF", "LFU", "LRU", "POLICIES", "S3FIFO", "GDLearn", "GDSmall", "Hybrid", "Key",
+           "Policy", "SimResult", "make_policy", "simulate"]
 
-class Policy:
-    """Orders resident keys for eviction. Subclasses keep their own bookkeeping."""
-
-    name = "base"
-
-    def __init__(self, capacity_bytes: int):
-        self.capacity = capacity_bytes
-
-    def on_insert(self, key: Key, size: int, cost: float) -> None:
-        raise NotImplementedError
-
-    def on_access(self, key: Key, size: int, cost: float) -> None:
-        """A hit; size and cost are the entry's current ones (a conversation grows)."""
-        raise NotImplementedError
-
-    def on_remove(self, key: Key) -> None:
-        raise NotImplementedError
-
-    def victim(self) -> Key:
-        """The key to evict next; the caller removes it and calls on_remove."""
-        raise NotImplementedError
-
-
-class LRU(Policy):
-    """Least recently used."""
-
-    name = "lru"
-
-    def __init__(self, capacity_bytes: int):
-        super().__init__(capacity_bytes)
-        self.order: OrderedDict = OrderedDict()
-
-    def on_insert(self, key, size, cost):
-        self.order[key] = None
-
-    def on_access(self, key, size, cost):
-        self.order.move_to_end(key)
-
-    def on_remove(self, key):
-        self.order.pop(key, None)
-
-    def victim(self):
-        return next(iter(self.order))
-
-
-class FIFO(LRU):
-    """First in, first out: hits do not reorder."""
-
-    name = "fifo"
-
-    def on_access(self, key, size, cost):
-        pass
-
-
-class _PriorityPolicy(Policy):
-    """Evicts the lowest priority; a heap with lazy deletion, and GreedyDual's inflation L."""
-
-    def __init__(self, capacity_bytes: int):
-        super().__init__(capacity_bytes)
-        self.heap: list = []
-        self.live: dict = {}  # key -> (priority, tick) of its current heap entry
-        self.freq: dict = {}
-        self.inflation = 0.0  # L: the priority of the last victim; new entries start above it
-        self.tick = 0
-
-    def priority(self, key, size, cost) -> float:
-        raise NotImplementedError
-
-    def _push(self, key, size, cost):
-        self.tick += 1
-        entry = (self.priority(key, size, cost), self.tick)
-        self.live[key] = entry
-        heapq.heappush(self.heap, (*entry, key))
-        if len(self.heap) > 4 * len(self.live) + 64:  # drop stale entries now and then
-            self.heap = [(p, t, k) for k, (p, t) in self.live.items()]
-            heapq.heapify(self.heap)
-
-    def on_insert(self, key, size, cost):
-        self.freq[key] = 1
-        self._push(key, size, cost)
-
-    def on_access(self, key, size, cost):
-        self.freq[key] += 1
-        self._push(key, size, cost)
-
-    def on_remove(self, key):
-        self.live.pop(key, None)
-        self.freq.pop(key, None)
-
-    def victim(self):
-        while True:
-            prio, tick, key = self.heap[0]
-            if self.live.get(key) == (prio, tick):
-                self.inflation = prio
-                return key
-            heapq.heappop(self.heap)  # stale: superseded or removed
-
-
-class LFU(_PriorityPolicy):
-    """Least frequently used with dynamic aging (LFU-DA): priority = L + frequency, so that
-    old popularity fades as L rises with every eviction."""
-
-    name = "lfu"
-
-    def priority(self, key, size, cost):
-        return self.inflation + self.freq[key]
-
-
-class GDSF(_PriorityPolicy):
-    """GreedyDual-Size-Frequency: priority = L + frequency * cost / size; cost is what a hit
-    saves (prefill seconds), so it keeps what saves most per byte."""
-
-    name = "gdsf"
-
-    def priority(self, key, size, cost):
-        return self.inflation + self.freq[key] * max(cost, 1e-9) / max(size, 1)
-
-
-class GDS(_PriorityPolicy):
-    """GreedyDual-Size with unit cost: priority = L + 1 / size. Recency through the aging of
-    L, and small entries first: what maximizes the number of hits per byte."""
-
-    name = "gds"
-
-    def priority(self, key, size, cost):
-        return self.inflation + 1.0 / max(size, 1)
-
-
-class GDSmall(_PriorityPolicy):
-    """GreedyDual leaning hard toward small entries: priority = L + sqrt(frequency) / size^1.5.
-    For hit ratio among entries of very different sizes (bench/eviction.py found it the best
-    single expert on the chat trace's smallest budget and the shift trace's largest)."""
-
-    name = "gd-small"
-
-    def priority(self, key, size, cost):
-        return self.inflation + math.sqrt(self.freq[key]) / max(size, 1) ** 1.5
-
-
-class S3FIFO(Policy):
-    """S3-FIFO (Yang et al., SOSP 2023): a small probationary FIFO (10% of bytes), a main FIFO
-    with 2-bit frequencies, and a ghost FIFO of keys recently evicted from the small one."""
-
-    name = "s3fifo"
-
-    def __init__(self, capacity_bytes: int, small_fraction: float = 0.1):
-        super().__init__(capacity_bytes)
-        self.small: OrderedDict = OrderedDict()  # key -> size
-        self.main: OrderedDict = OrderedDict()
-        self.ghost: OrderedDict = OrderedDict()
-        self.freq: dict = {}
-        self.small_bytes = 0
-        self.small_target = small_fraction * capacity_bytes
-        self.ghost_limit = 1024
-
-    def on_insert(self, key, size, cost):
-        self.freq[key] = 0
-        if key in self.ghost:
-            del self.ghost[key]
-            self.main[key] = size
-        else:
-            self.small[key] = size
-            self.small_bytes += size
-
-    def on_access(self, key, size, cost):
-        self.freq[key] = min(self.freq[key] + 1, 3)
-        if key in self.small:
-            self.small_bytes += size - self.small[key]
-            self.small[key] = size
-        else:
-            self.main[key] = size
-
-    def on_remove(self, key):
-        self.freq.pop(key, None)
-        if key in self.small:
-            self.small_bytes -= self.small.pop(key)
-        self.main.pop(key, None)
-
-    def victim(self):
-        while True:
-            if self.small and (self.small_bytes >= self.small_target or not self.main):
-                key, size = next(iter(self.small.items()))
-                if self.freq[key] > 0:  # seen again while on probation: promote
-                    del self.small[key]
-                    self.small_bytes -= size
-                    self.main[key] = size
-                    self.freq[key] = 0
-                    continue
-                self.ghost[key] = None
-                if len(self.ghost) > self.ghost_limit:
-                    self.ghost.popitem(last=False)
-                return key
-            key = next(iter(self.main))
-            if self.freq[key] > 0:  # reinsert at the tail, one life spent
-                self.freq[key] -= 1
-                self.main.move_to_end(key)
-                continue
-            return key
-
-
-class ARC(Policy):
-    """Adaptive Replacement Cache (Megiddo and Modha, 2003), in bytes: a recency list T1 and a
-    frequency list T2, with ghost lists B1 and B2 of what each evicted; a hit in a ghost list
-    moves the target size p of T1 toward the list that would have kept it."""
-
-    name = "arc"
-
-    def __init__(self, capacity_bytes: int):
-        super().__init__(capacity_bytes)
-        self.t1: OrderedDict = OrderedDict()  # key -> size
-        self.t2: OrderedDict = OrderedDict()
-        self.b1: OrderedDict = OrderedDict()
-        self.b2: OrderedDict = OrderedDict()
-        self.bytes = {"t1": 0, "t2": 0, "b1": 0, "b2": 0}
-        self.p = 0.0
-
-    def _put(self, name: str, key, size: int) -> None:
-        getattr(self, name)[key] = size
-        self.bytes[name] += size
-
-    def _pop(self, name: str, key) -> int:
-        size = getattr(self, name).pop(key)
-        self.bytes[name] -= size
-        return size
-
-    def on_insert(self, key, size, cost):
-        if key in self.b1:  # recency would have kept it: grow T1's share
-            self.p = min(self.capacity, self.p + max(self.bytes["b2"] / max(self.bytes["b1"], 1), 1) * size)
-            self._pop("b1", key)
-            self._put("t2", key, size)
-        elif key in self.b2:  # frequency would have kept it: shrink T1's share
-            self.p = max(0.0, self.p - max(self.bytes["b1"] / max(self.bytes["b2"], 1), 1) * size)
-            self._pop("b2", key)
-            self._put("t2", key, size)
-        else:
-            self._put("t1", key, size)
-
-    def on_access(self, key, size, cost):
-        self._pop("t1" if key in self.t1 else "t2", key)
-        self._put("t2", key, size)
-
-    def on_remove(self, key):
-        for name in ("t1", "t2"):
-            if key in getattr(self, name):
-                self._pop(name, key)
-
-    def victim(self):
-        if self.t1 and (self.bytes["t1"] > self.p or not self.t2):
-            key, size = next(iter(self.t1.items()))
-            ghost = "b1"
-        else:
-            key, size = next(iter(self.t2.items()))
-            ghost = "b2"
-        self._put(ghost, key, size)
-        lst = getattr(self, ghost)
-        while self.bytes[ghost] > self.capacity and lst:  # ghosts remember about a cache's worth
-            self._pop(ghost, next(iter(lst)))
-        return key
+EXPERTS = ("gds", "arc", "gd-small", "s3fifo", "gd-learn")
 
 
 class _Shadow:
@@ -307,8 +51,9 @@ class _Shadow:
 class Hybrid(Policy):
     """Follows whichever of its experts is doing best on this workload, and switches when
     another starts doing better: recency weighed by size (GreedyDual-Size: small and recent
-    stay), recency and frequency adapted by ghost lists (ARC), and a GreedyDual that leans hard
-    toward small entries (gd-small).
+    stay), recency and frequency adapted by ghost lists (ARC), a GreedyDual that leans hard
+    toward small entries (gd-small), probation before admission with a ghost (S3-FIFO), and a
+    GreedyDual that learns which sizes get reused (gd-learn).
 
     Each expert also runs as a shadow cache of the same size over keys and sizes alone, so
     every request scores every expert (hits, decayed so the recent past counts most). The
@@ -319,7 +64,7 @@ class Hybrid(Policy):
 
     name = "hybrid"
 
-    def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = ("gds", "arc", "gd-small"), decay: float = 0.999,
+    def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = EXPERTS, decay: float = 0.999,
                  cost_aware: bool = False):
         super().__init__(capacity_bytes)
         self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
@@ -342,6 +87,10 @@ class Hybrid(Policy):
         for e in self.experts.values():
             e.on_access(key, size, cost)
 
+    def on_resize(self, key, size):
+        for e in self.experts.values():  # not a request: the shadows hold their own entries
+            e.on_resize(key, size)
+
     def on_remove(self, key):
         for e in self.experts.values():
             e.on_remove(key)
@@ -351,7 +100,7 @@ class Hybrid(Policy):
         return self.experts[leader].victim()
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, S3FIFO, ARC)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, GDLearn, S3FIFO, ARC)}
 POLICIES["hybrid"] = Hybrid
 
 

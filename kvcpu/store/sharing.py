@@ -105,12 +105,12 @@ class PrefixSharing:
         if entry.ram is not None:
             self.used += len(blob) - len(entry.ram)
             entry.ram = blob
-            self.ram_policy.on_access(key, len(blob), entry.cost)
+            self.ram_policy.on_resize(key, len(blob))
         if entry.disk_size:
             self.disk.write(key, blob)
             self.disk_used += len(blob) - entry.disk_size
             entry.disk_size = len(blob)
-            self.disk_policy.on_access(key, len(blob), entry.cost)
+            self.disk_policy.on_resize(key, len(blob))
         entry.base, entry.base_tokens = base_key, m
         self._entries[base_key].dependents += 1
 

@@ -241,12 +241,12 @@ class KVStore(PrefixSharing, DiskIndex):
         if tier == "ram":
             self.used += len(blob) - len(entry.ram)
             entry.ram, entry.ram_codec = blob, rungs[0]
-            self.ram_policy.on_access(key, len(blob), entry.cost)
+            self.ram_policy.on_resize(key, len(blob))
         else:
             self.disk.write(key, blob)
             self.disk_used += len(blob) - entry.disk_size
             entry.disk_size, entry.disk_codec = len(blob), rungs[0]
-            self.disk_policy.on_access(key, len(blob), entry.cost)
+            self.disk_policy.on_resize(key, len(blob))
         self._n.demotions[f"{tier}:{codec}->{rungs[0]}"] += 1
         return True
 
