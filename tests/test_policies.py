@@ -16,6 +16,7 @@ from kvcpu.store.policies import (
     POLICIES,
     S3FIFO,
     GDLearn,
+    GDLearnSmall,
     GDSmall,
     Hybrid,
     make_policy,
@@ -202,6 +203,18 @@ def test_gd_learn_learns_that_entries_of_one_size_never_come_back():
     fresh.on_insert("new40", 40, 1.0)
     assert fresh.victim() == "new40"
     assert GDS(400).priority("x", 40, 1.0) > GDS(400).priority("y", 64, 1.0)  # GDS would keep the 40
+
+
+def test_gd_learn_small_weighs_size_harder_than_gd_learn():
+    """An 80-byte entry used four times (its class learns reuse: 4/5) against a fresh 30-byte
+    one (its class unknown: 1/2): both drop the big one, gd-learn by 0.8/80 against 0.5/30,
+    gd-learn-small by 0.8 * sqrt(4) / 80^1.5 against 0.5 / 30^1.5."""
+    for cls in (GDLearn, GDLearnSmall):
+        gd = cls(1000)
+        _run(gd, [("put", "big", 80), *[("get", "big", 80)] * 3, ("put", "small", 30)])
+        assert gd.victim() == "big"
+        assert gd.reuse_probability(gd._class(80)) == pytest.approx(0.8)
+    assert gd.priority("big", 80, 1.0) == pytest.approx(gd.inflation + 0.8 * 2 / 80**1.5)
 
 
 def test_unknown_policy_is_a_clear_error():

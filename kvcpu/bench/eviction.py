@@ -18,7 +18,7 @@ from .common import SuiteContext, figure, markdown_table, pyplot
 from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace
 
 TITLE = "Eviction policies"
-KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "hybrid"]
+KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "hybrid"]
 
 
 def params(quick: bool) -> dict:

@@ -114,7 +114,7 @@ class GDLearn(_PriorityPolicy):
     """
 
     name = "gd-learn"
-    CLASSES_PER_DOUBLING = 4
+    CLASSES_PER_DOUBLING = 16  # 4 blurred the chat trace's context-limit edge: 0.8 points of hit ratio at 5%
     HALF_LIFE_EVENTS = 20_000
 
     def __init__(self, capacity_bytes: int):
@@ -172,3 +172,15 @@ class GDLearn(_PriorityPolicy):
             self.ghost_bytes -= old_size
             self._count(self.deaths, old_cls)
         super().on_remove(key)
+
+
+class GDLearnSmall(GDLearn):
+    """gd-learn leaning hard toward small entries, as gd-small does: priority = L +
+    P(reuse | size class) * sqrt(frequency) / size^1.5. The better of the two at the smallest
+    budgets of the chat trace, where few entries fit and every byte counts."""
+
+    name = "gd-learn-small"
+
+    def priority(self, key, size, cost):
+        p = self.reuse_probability(self.size_class[key][0])
+        return self.inflation + p * math.sqrt(self.freq[key]) / max(size, 1) ** 1.5

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from .greedydual import GDS, GDSF, LFU, GDLearn, GDSmall
+from .greedydual import GDS, GDSF, LFU, GDLearn, GDLearnSmall, GDSmall
 from .policy_base import Key, Policy
 from .queues import ARC, FIFO, LRU, S3FIFO
 
-__all__ = ["ARC", "FIFO", "GDS", "GDSF", "LFU", "LRU", "POLICIES", "S3FIFO", "GDLearn", "GDSmall", "Hybrid", "Key",
-           "Policy", "SimResult", "make_policy", "simulate"]
+__all__ = ["ARC", "FIFO", "GDS", "GDSF", "LFU", "LRU", "POLICIES", "S3FIFO", "GDLearn", "GDLearnSmall", "GDSmall",
+           "Hybrid", "Key", "Policy", "SimResult", "make_policy", "simulate"]
 
-EXPERTS = ("gds", "arc", "gd-small", "s3fifo", "gd-learn")
+EXPERTS = ("gds", "arc", "s3fifo", "gd-learn", "gd-learn-small")
 
 
 class _Shadow:
@@ -51,9 +51,9 @@ class _Shadow:
 class Hybrid(Policy):
     """Follows whichever of its experts is doing best on this workload, and switches when
     another starts doing better: recency weighed by size (GreedyDual-Size: small and recent
-    stay), recency and frequency adapted by ghost lists (ARC), a GreedyDual that leans hard
-    toward small entries (gd-small), probation before admission with a ghost (S3-FIFO), and a
-    GreedyDual that learns which sizes get reused (gd-learn).
+    stay), recency and frequency adapted by ghost lists (ARC), probation before admission with
+    a ghost (S3-FIFO), and two GreedyDuals that learn which sizes get reused, one of them
+    leaning hard toward small entries (gd-learn, gd-learn-small).
 
     Each expert also runs as a shadow cache of the same size over keys and sizes alone, so
     every request scores every expert (hits, decayed so the recent past counts most). The
@@ -100,7 +100,8 @@ class Hybrid(Policy):
         return self.experts[leader].victim()
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, GDLearn, S3FIFO, ARC)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, GDLearn, GDLearnSmall,
+                                                          S3FIFO, ARC)}
 POLICIES["hybrid"] = Hybrid
 
 
