@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kvcpu.bench import load
 from kvcpu.bench.recommend import render as render_recommendation
-from kvcpu.bench.report import machine_line, suite_markdown
+from kvcpu.bench.report import machine_line, machine_table, suite_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS_IN_README = {"restore", "quality", "session"}  # the rest are in bench/results/report.md
@@ -26,8 +26,9 @@ def sections(doc: dict, results_dir: str) -> dict[str, str]:
     """Section name -> Markdown, each ending with where its figures came from."""
     source = (f"<sub>From `{results_dir}/results.json`, made by `{doc['command']}` on {machine_line(doc)}."
               " Full report: `" + results_dir + "/report.md`.</sub>")
-    took = f"The whole run took {doc['seconds'] / 60:.1f} minutes. "
-    out = {"machine": took + source, "recommendation": render_recommendation(doc["recommendation"]) + "\n\n" + source}
+    took = f"\n\nThe whole run took {doc['seconds'] / 60:.1f} minutes ({doc['created']}).\n\n"
+    out = {"machine": machine_table(doc) + took + source,
+           "recommendation": render_recommendation(doc["recommendation"]) + "\n\n" + source}
     for name, suite in doc["suites"].items():
         text = suite_markdown(name, suite, short=True)
         if name in PLOTS_IN_README:

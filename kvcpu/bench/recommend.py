@@ -94,9 +94,10 @@ def render(rec: dict | None) -> str:
     if rec["codec"]:
         text += (f"**Use `{rec['codec']}` with a {rec['budget_mb']:.0f} MB store**: "
                  f"`kvcpu chat --codec {rec['codec']} --budget-mb {rec['budget_mb']:.0f}`.\n\n")
+    rows = sorted(({**r, "within_kl": "yes" if r["within_kl"] else "no"} for r in rec["candidates"]),
+                  key=lambda r: -r["tokens_in_budget"])
     text += rec["why"] + "\n\n" + markdown_table(
-        [("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"), ("within_kl|within KL", ""),
+        [("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"), ("within_kl|within KL", "s"),
          ("bytes_per_token|bytes/token", ",.0f"), ("tokens_in_budget|tokens in budget", ",.0f"),
-         ("conversations|conversations", ",.0f"), ("decode_ms_per_1k|decode ms / 1k tokens", ".2f")],
-        rec["candidates"])
+         ("conversations|conversations", ",.0f"), ("decode_ms_per_1k|decode ms / 1k tokens", ".2f")], rows)
     return text

@@ -37,7 +37,8 @@ def machine_line(doc: dict) -> str:
             f"model {model['name']} ({model['fingerprint'][:12]})")
 
 
-def _machine_table(doc: dict) -> str:
+def machine_table(doc: dict) -> str:
+    """The machine, software and model of a run, as a two-column table."""
     m, s, model = doc["machine"], doc["software"], doc["model"]
     rows = [("CPU", f"{m['cpu']} ({m.get('llvm_cpu', '?')})"),
             ("cores", f"{m['cores_logical']} logical, {m.get('cores_physical')} physical"),
@@ -60,7 +61,7 @@ def write_report(doc: dict, path: Path) -> None:
     quick = " --quick" if doc["options"]["quick"] else ""
     parts = [f"# kvcpu bench report\n\n`{doc['command']}` ({'quick' if quick else 'full'} run), {doc['created']}, "
              f"{doc['seconds']:.0f} s. Data: `results.json` (format {doc['format']} v{doc['version']}).",
-             "## Machine\n\n" + _machine_table(doc),
+             "## Machine\n\n" + machine_table(doc),
              "## Summary\n\n" + markdown_table([("suite|suite", "s"), ("figure|figure", "s"), ("value|value", "s"),
                                                 ("unit|unit", "s")], summary_rows(doc)),
              "## Recommendation\n\n" + render_recommendation(doc["recommendation"])]

@@ -43,13 +43,20 @@ def _version(package: str) -> str:
 
 
 def _commit() -> str:
-    """The source tree's git commit when kvcpu runs from a checkout ('-dirty' if it has changes)."""
+    """The git commit kvcpu runs from, when it runs from a checkout; '-dirty' when the package's
+    own files differ from it (results written beside it do not count)."""
+    package = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
     try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, timeout=5)
+        commit = git("rev-parse", "--short=7", "HEAD")
+        dirty = commit and git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
+    return commit + ("-dirty" if dirty else "")
 
 
 def llama_simd(system_info: str) -> list[str]:
