@@ -55,7 +55,7 @@ def _compare(path_a: Path, path_b: Path) -> None:
     else:
         out.print("Same machine, software, model and run kind.")
     table = Table("suite", "figure", "A", "B", "change", "verdict")
-    colour = {"better": "green", "worse": "red", "same": "dim"}
+    colour = {"better": "green", "worse": "red", "same": "dim", "not comparable": "yellow"}
     for r in compare.figure_differences(a, b):
         change = "-" if r["change"] is None else f"{r['change']:+.1%}"
         table.add_row(r["suite"], r["figure"], f"{r['a']:.4g} {r['unit']}", f"{r['b']:.4g} {r['unit']}", change,

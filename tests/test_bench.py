@@ -13,7 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 from kvcpu import models
-from kvcpu.bench import FORMAT, VERSION, BenchConfig, Limits, figure_differences, recommend, run_bench, validate
+from kvcpu.bench import (
+    FORMAT,
+    VERSION,
+    BenchConfig,
+    Limits,
+    figure_differences,
+    recommend,
+    run_bench,
+    setup_differences,
+    validate,
+)
 from kvcpu.bench import results as bench_results
 from kvcpu.bench.common import figure
 from kvcpu.cli import main
@@ -104,6 +114,10 @@ def test_compare_a_run_with_itself_and_with_a_changed_copy(quick_kernels, tmp_pa
     assert rows["int8 decode, 1000 tokens"]["verdict"] == "worse"
     result = CliRunner().invoke(main, ["bench", "--compare", str(out / "results.json"), str(tmp_path / "b.json")])
     assert result.exit_code == 0 and "Another CPU" in result.output and "+100.0%" in result.output
+    changed["suites"]["kernels"]["params"]["tokens"] = 2000  # a full run against a quick one
+    rows = figure_differences(doc, changed)
+    assert {r["verdict"] for r in rows} == {"not comparable"}
+    assert {"what": "suites.kernels.params.tokens", "a": "1000", "b": "2000"} in setup_differences(doc, changed)
 
 
 def _minimal_doc() -> dict:

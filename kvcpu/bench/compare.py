@@ -15,6 +15,11 @@ def setup_differences(a: dict, b: dict) -> list[dict]:
             va, vb = a[section].get(key), b[section].get(key)
             if va != vb:
                 rows.append({"what": f"{section}.{key}", "a": _show(va), "b": _show(vb)})
+    for suite in a["suites"].keys() & b["suites"].keys():
+        pa, pb = a["suites"][suite]["params"], b["suites"][suite]["params"]
+        for key in sorted(pa.keys() | pb.keys()):
+            if pa.get(key) != pb.get(key):
+                rows.append({"what": f"suites.{suite}.params.{key}", "a": _show(pa.get(key)), "b": _show(pb.get(key))})
     return rows
 
 
@@ -28,12 +33,14 @@ def figure_differences(a: dict, b: dict) -> list[dict]:
     """One row per headline figure present in both runs: values, change, and better or worse.
 
     `change` is b / a - 1; `verdict` reads the change through the figure's direction, and calls
-    anything within 5% 'same' (this kind of machine is noisy by about that much).
+    anything within 5% 'same' (this kind of machine is noisy by about that much). Figures of a
+    suite that ran with other parameters (a --quick run against a full one) are 'not comparable'.
     """
     rows = []
     for suite in a["suites"]:
         if suite not in b["suites"]:
             continue
+        same_params = a["suites"][suite]["params"] == b["suites"][suite]["params"]
         fa, fb = a["suites"][suite]["headline"], b["suites"][suite]["headline"]
         for key in fa:
             if key not in fb:
@@ -41,7 +48,8 @@ def figure_differences(a: dict, b: dict) -> list[dict]:
             va, vb = fa[key]["value"], fb[key]["value"]
             change = (vb / va - 1) if va else None
             rows.append({"suite": suite, "figure": fa[key]["label"], "unit": fa[key]["unit"], "a": va, "b": vb,
-                         "change": change, "verdict": _verdict(change, fa[key]["better"])})
+                         "change": change,
+                         "verdict": _verdict(change, fa[key]["better"]) if same_params else "not comparable"})
     return rows
 
 
