@@ -80,6 +80,18 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, ax, folder: Path, name: str, dpi: int = 110, legend_size: float | None = None) -> str:
+    """Grid, legend, tight layout; writes folder/name and closes the figure. Returns name."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, ncol=2 if legend_size else 1)
+    fig.tight_layout()
+    fig.savefig(Path(folder) / name, dpi=dpi)
+    plt.close(fig)
+    return name
+
+
 def corpus_tokens(eng, n: int) -> list[int]:
     """n tokens of the prose kvcpu ships, repeated as needed (prefill cost does not depend on content)."""
     from ..data import eval_text

@@ -14,7 +14,7 @@ import statistics
 import time
 
 from ..store.policies import make_policy, simulate
-from .common import SuiteContext, figure, markdown_table, pyplot
+from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace
 
 TITLE = "Eviction policies"
@@ -126,21 +126,19 @@ def plot(data: dict, folder) -> list[str]:
     names = []
     for name in data["traces"]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 17 policies: the default 10 colours repeat
         mine = [r for r in data["rows"] if r["trace"] == name]
         for pol in dict.fromkeys(r["policy"] for r in mine):
             pts = sorted((r["fraction"], r["hit_ratio"]) for r in mine if r["policy"] == pol)
             ax.plot(*zip(*pts), "-" if pol in KVCPU else "--", marker="o", ms=3, label=pol,
                     lw=2.2 if pol == "hybrid" else 1)
         ax.set_xscale("log")
-        ax.set_xlabel("budget (fraction of the working set's bytes)")
+        ax.set_xticks(data["fractions"], [f"{f:.0%}" for f in data["fractions"]])
+        ax.minorticks_off()
+        ax.set_xlabel("budget (share of the working set's bytes)")
         ax.set_ylabel("hit ratio")
         ax.set_title(f"{name} trace")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(folder / f"eviction-{name}.png", dpi=110)
-        plt.close(fig)
-        names.append(f"eviction-{name}.png")
+        names.append(save_figure(fig, ax, folder, f"eviction-{name}.png", legend_size=7))
     return names
 
 

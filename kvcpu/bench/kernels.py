@@ -13,7 +13,7 @@ from gguf import quants
 from .. import kernels as K
 from ..codecs import codec
 from ..layout import LAYOUTS
-from .common import SuiteContext, figure, markdown_table, median_of, pyplot, real_state
+from .common import SuiteContext, figure, markdown_table, median_of, pyplot, real_state, save_figure
 
 TITLE = "Kernels and layouts"
 
@@ -154,12 +154,7 @@ def plot(data: dict, folder) -> list[str]:
     ax.set_xscale("log")
     ax.set_xlabel("GB/s of f16 input (log)")
     ax.set_title(f"Kernels on a real {data['tokens']}-token state")
-    ax.grid(alpha=0.3, axis="x")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "kernels.png", dpi=110)
-    plt.close(fig)
-    return ["kernels.png"]
+    return [save_figure(fig, ax, folder, "kernels.png")]
 
 
 def render(data: dict, short: bool = False) -> str:

@@ -14,7 +14,7 @@ from ..engine import Engine
 from ..errors import KVCPUError
 from ..layout import LAYOUTS
 from ..quality import compare, continuation_logits
-from .common import SuiteContext, figure, markdown_table, pyplot
+from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 
 TITLE = "Quality: compression against KL divergence"
 
@@ -127,12 +127,7 @@ def plot(data: dict, folder) -> list[str]:
     ax.set_xlabel("compression ratio (f16 KV bytes / encoded bytes)")
     ax.set_ylabel("mean KL(reference || candidate)")
     ax.set_title("What each codec costs in quality")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "quality.png", dpi=120)
-    plt.close(fig)
-    return ["quality.png"]
+    return [save_figure(fig, ax, folder, "quality.png", dpi=120)]
 
 
 def render(data: dict, short: bool = False) -> str:

@@ -14,7 +14,17 @@ from pathlib import Path
 from .. import metrics
 from ..engine import Engine
 from ..snapshot import Snapshot
-from .common import SuiteContext, corpus_tokens, figure, in_fresh_process, markdown_table, median_of, model_rss, pyplot
+from .common import (
+    SuiteContext,
+    corpus_tokens,
+    figure,
+    in_fresh_process,
+    markdown_table,
+    median_of,
+    model_rss,
+    pyplot,
+    save_figure,
+)
 
 TITLE = "Restore against prefill"
 
@@ -94,12 +104,7 @@ def plot(data: dict, folder) -> list[str]:
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("ms (log)")
     ax.set_title("Restoring a snapshot against prefilling the prompt again")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "restore.png", dpi=110)
-    plt.close(fig)
-    return ["restore.png"]
+    return [save_figure(fig, ax, folder, "restore.png")]
 
 
 def render(data: dict, short: bool = False) -> str:

@@ -14,7 +14,7 @@ import time
 from .. import metrics
 from ..engine import plain_llama
 from ..session import Session
-from .common import SuiteContext, chat_prompt_tokens, figure, markdown_table, pyplot
+from .common import SuiteContext, chat_prompt_tokens, figure, markdown_table, pyplot, save_figure
 
 TITLE = "Interleaved conversations"
 TOPICS = ["lighthouses", "sourdough bread", "the moons of Jupiter", "chess openings", "honey bees"]
@@ -126,13 +126,8 @@ def plot(data: dict, folder) -> list[str]:
     ax.set_xlabel("turn (each one switches conversation)")
     ax.set_ylabel("time to first token (ms)")
     ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
     ax.set_title(f"{data['conversations']} interleaved conversations")
-    fig.tight_layout()
-    fig.savefig(folder / "session.png", dpi=110)
-    plt.close(fig)
-    return ["session.png"]
+    return [save_figure(fig, ax, folder, "session.png")]
 
 
 def render(data: dict, short: bool = False) -> str:
