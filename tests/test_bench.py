@@ -243,3 +243,37 @@ def test_readme_figures_are_the_committed_results_file():
     assert doc["options"]["quick"] is False and doc["command"].startswith("kvcpu bench")
     for suite in doc["suites"].values():
         assert all((root / "bench" / "results" / p).is_file() for p in suite["plots"])
+
+
+def _crash(out):
+    raise SystemExit(3)
+
+
+def _answer(value, out):
+    out.put({"value": value})
+
+
+def test_a_measurement_in_a_fresh_process_returns_or_says_it_died():
+    from kvcpu.bench.common import in_fresh_process
+
+    assert in_fresh_process(_answer, 7) == {"value": 7}
+    with pytest.raises(RuntimeError, match="_crash exited with code 3"):
+        in_fresh_process(_crash)
+
+
+def test_eviction_suite_without_libcachesim_still_reports(tmp_path, monkeypatch):
+    """libcachesim is an extra ([bench]): without it the suite runs kvcpu's policies alone,
+    and its targets, headline and tables say what is missing rather than failing."""
+    from kvcpu.bench import eviction
+    from kvcpu.bench.common import SuiteContext
+
+    monkeypatch.setattr(eviction, "libcachesim_caches", lambda: {})
+    ctx = SuiteContext(model="m", model_path=tmp_path, out=tmp_path, quick=True, seed=7)
+    data = eviction.run(ctx, requests=1500, fractions=[0.1])
+    assert data["libcachesim"] is False and {r["policy"] for r in data["rows"]} == set(eviction.KVCPU)
+    assert len(data["targets"]) == 3 and all("vs_arc_pts" not in t for t in data["targets"])
+    assert all((tmp_path / f).is_file() for f in data["traces"].values())
+    text = eviction.render(data)
+    assert "libcachesim is not installed" in text and "| - |" in text
+    assert set(eviction.headline(data)) == {"hybrid_chat", "hybrid_scan", "hybrid_shift", "hybrid_decision_us"}
+    json.dumps(data, allow_nan=False)  # what results.json will hold: plain JSON, no NaN

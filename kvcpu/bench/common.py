@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -137,7 +138,12 @@ def in_fresh_process(fn, *args) -> dict:
     proc = ctx.Process(target=fn, args=(*args, out))
     proc.start()
     try:
-        return out.get(timeout=3600)
+        while True:
+            try:
+                return out.get(timeout=1.0)
+            except queue.Empty:
+                if not proc.is_alive() and out.empty():  # it died without an answer: say so, do not wait
+                    raise RuntimeError(f"{fn.__name__} exited with code {proc.exitcode} and no result") from None
     finally:
         proc.join()
 
