@@ -12,13 +12,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import models
-from .bench import compare, load
-from .bench.suites import SUITES, WEIGHTS
+from .bench import SUITE_NAMES
 
 out = Console()
 
 
 def _progress_callback(progress: Progress, task, only: list[str], quick: bool):
+    from .bench.suites import WEIGHTS
+
     weights = {s: WEIGHTS[s][0 if quick else 1] for s in only}
     base = {s: sum(weights[t] for t in only[: only.index(s)]) for s in only}
 
@@ -45,6 +46,8 @@ def _summary(doc: dict) -> None:
 
 
 def _compare(path_a: Path, path_b: Path) -> None:
+    from .bench import compare, load
+
     a, b = load(path_a), load(path_b)
     setup = compare.setup_differences(a, b)
     if setup:
@@ -70,7 +73,7 @@ def _command_line(model, quick, only, out_dir, kl_limit, ram_limit_mb, seed, mer
     words = ["kvcpu", "bench"]
     words += ["--model", model] if model != models.DEFAULT_MODEL else []
     words += ["--quick"] if quick else []
-    words += ["--only", only] if only != ",".join(SUITES) else []
+    words += ["--only", only] if only != ",".join(SUITE_NAMES) else []
     words += ["--out", str(out_dir)]
     words += ["--kl-limit", str(kl_limit)] if kl_limit != 0.01 else []
     words += ["--ram-limit-mb", f"{ram_limit_mb:g}"] if ram_limit_mb is not None else []
@@ -82,7 +85,7 @@ def _command_line(model, quick, only, out_dir, kl_limit, ram_limit_mb, seed, mer
 @click.command("bench")
 @click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
 @click.option("--quick", is_flag=True, help="Smaller runs of every suite (under 3 minutes on 2 cores).")
-@click.option("--only", default=",".join(SUITES), show_default=True, help="Comma-separated suites to run.")
+@click.option("--only", default=",".join(SUITE_NAMES), show_default=True, help="Comma-separated suites to run.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("kvcpu-bench"),
               show_default=True, help="Where results.json, report.md and the plots go.")
 @click.option("--kl-limit", default=0.01, show_default=True, help="Quality limit of the recommendation (mean KL).")

@@ -30,3 +30,13 @@ def test_kernels_and_codecs_know_nothing_above_them():
         for path in (PACKAGE / sub).rglob("*.py"):
             for mod in imported_modules(path):
                 assert not any(word in mod.split(".") for word in forbidden), f"{path.name} imports {mod}"
+
+
+def test_the_kvcpu_command_does_not_load_the_benchmarks_to_start():
+    """`kvcpu chat` should not pay for gguf-py, the suites and their tables at every start."""
+    import subprocess
+    import sys
+
+    code = "import sys, kvcpu.cli; print(sorted(m for m in sys.modules if m.startswith('kvcpu.bench.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -19,13 +19,13 @@ from kvcpu.bench import (
     BenchConfig,
     Limits,
     figure_differences,
-    recommend,
     run_bench,
     setup_differences,
     validate,
 )
 from kvcpu.bench import results as bench_results
 from kvcpu.bench.common import figure
+from kvcpu.bench.recommend import recommend
 from kvcpu.cli import main
 from kvcpu.errors import BenchResultsError
 

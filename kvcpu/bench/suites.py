@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import eviction, kernels, llamacache, quality, restore, session, sharing
+from importlib import import_module
 
-SUITES = {"kernels": kernels, "quality": quality, "restore": restore, "eviction": eviction, "session": session,
-          "sharing": sharing, "llamacache": llamacache}
+from . import SUITE_NAMES
+
+SUITES = {name: import_module(f".{name}", __package__) for name in SUITE_NAMES}
 # Rough seconds on a 2-core machine (quick, full): only the progress bar's proportions use them.
 WEIGHTS = {"kernels": (25, 100), "quality": (25, 150), "restore": (10, 60), "eviction": (30, 360),
            "session": (25, 240), "sharing": (25, 60), "llamacache": (35, 150)}
