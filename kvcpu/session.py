@@ -26,6 +26,7 @@ from .errors import KVCPUError
 from .fileio import atomic_write
 from .snapshot import Snapshot
 from .store import KVStore
+from .store.keys import common_prefix_length
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class Session:
         when that is longer); returns (tokens restored, ms)."""
         t0 = time.perf_counter()
         held = self.engine.tokens
-        common = _common_prefix(held, prompt)
+        common = common_prefix_length(held, prompt)
         match = self.store.longest_prefix(prompt[:-1], self.fingerprint)  # at least one token to eval
         if match is None or match.n_tokens <= common:
             self.engine.truncate(common)  # what the engine holds already is the longest prefix
@@ -308,14 +309,6 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if len(diff) else n
 
 
 def _complete_utf8(data: bytes) -> tuple[str, bytes]:

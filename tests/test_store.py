@@ -14,6 +14,7 @@ from synth import random_stream, write_state
 from kvcpu import KVState, Snapshot
 from kvcpu.errors import KVCPUError
 from kvcpu.store import KVStore
+from kvcpu.store.keys import common_prefix_length
 
 FP = "f" * 32
 
@@ -60,6 +61,14 @@ def test_longest_prefix_matches_brute_force(entries, prompt):
     assert (match.n_tokens if match else 0) == want
     if match:
         assert list(store.get(match.key).tokens[: match.n_tokens]) == prompt[: match.n_tokens]
+
+
+@given(a=st.lists(st.integers(0, 3), max_size=40), b=st.lists(st.integers(0, 3), max_size=40))
+def test_common_prefix_length_matches_brute_force(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    assert common_prefix_length(a, b) == common_prefix_length(tuple(b), tuple(a)) == n
 
 
 def test_prefix_lookup_is_per_model():

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..store.keys import common_prefix_length
 from .common import SuiteContext, chat_prompt_tokens, figure, in_fresh_process, markdown_table
 
 TITLE = "kvcpu's store against LlamaRAMCache"
@@ -86,18 +87,13 @@ def _run_llamacache(model_path, turns, budget, max_tokens, out):
              "ttft_ms": statistics.mean(ttft), "rss_mb": metrics.rss_bytes() / 2**20})
 
 
-def _common(a, b) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def _resident(llm, cache, history: dict[str, list]) -> int:
     """Conversations with a cached state covering at least half their tokens (keys are token tuples)."""
     keys = list(cache.cache_state.keys())
     resident = 0
     for messages in history.values():
         tokens = chat_prompt_tokens(llm, messages)
-        resident += max((_common(k, tokens) for k in keys), default=0) >= len(tokens) / 2
+        resident += max((common_prefix_length(k, tokens) for k in keys), default=0) >= len(tokens) / 2
     return resident
 
 

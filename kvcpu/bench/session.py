@@ -14,6 +14,7 @@ import time
 from .. import metrics
 from ..engine import plain_llama
 from ..session import Session
+from ..store.keys import common_prefix_length
 from .common import SuiteContext, chat_prompt_tokens, figure, markdown_table, pyplot, save_figure
 
 TITLE = "Interleaved conversations"
@@ -68,7 +69,7 @@ def _run_plain(ctx: SuiteContext, turns: list, max_tokens: int, tick) -> list[di
             if delta:
                 ttft = ttft or (time.perf_counter() - t0) * 1e3
                 parts.append(delta)
-        reused = next((k for k, (a, b) in enumerate(zip(held, prompt)) if a != b), min(len(held), len(prompt)))
+        reused = common_prefix_length(held, prompt)
         history[conv] = messages + [{"role": "assistant", "content": "".join(parts)}]
         rows.append({"system": "llama-cpp-python", "turn": i, "conversation": conv,
                      "ttft_ms": ttft or (time.perf_counter() - t0) * 1e3,

@@ -41,3 +41,12 @@ def entry_key(tokens: Sequence[int], seed: str = "") -> str:
     hashes = list(block_hashes(arr, seed))
     last = hashes[-1] if hashes else seed_hash(seed)
     return tail_key(last, arr[len(arr) - len(arr) % BLOCK_TOKENS :], len(arr))
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token sequences share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
