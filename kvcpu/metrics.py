@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,14 +52,14 @@ def timed():
         t.cpu_s = cpu_seconds() - cpu0
 
 
-def best_of(fn, repeat: int = 5) -> float:
-    """The fastest of `repeat` calls of fn(), in seconds: the least disturbed by a noisy machine."""
-    best = float("inf")
+def median_of(fn, repeat: int) -> float:
+    """Median wall seconds of `repeat` calls of fn(): robust on a shared, noisy machine."""
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def cpu_model() -> str:

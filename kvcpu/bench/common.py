@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +35,6 @@ class SuiteContext:
         path = self.out / ".cache"
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def median_of(fn: Callable[[], object], repeat: int) -> float:
-    """Median wall seconds of `repeat` calls: robust on a shared, noisy machine."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def figure(value: float, unit: str, better: str, label: str) -> dict:

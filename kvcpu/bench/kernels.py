@@ -13,7 +13,8 @@ from gguf import quants
 from .. import kernels as K
 from ..codecs import codec
 from ..layout import LAYOUTS
-from .common import SuiteContext, figure, markdown_table, median_of, pyplot, real_state, save_figure
+from ..metrics import median_of
+from .common import SuiteContext, figure, markdown_table, pyplot, real_state, save_figure
 
 TITLE = "Kernels and layouts"
 

@@ -20,7 +20,6 @@ from .common import (
     figure,
     in_fresh_process,
     markdown_table,
-    median_of,
     model_rss,
     pyplot,
     save_figure,
@@ -41,13 +40,13 @@ def _measure(eng: Engine, tokens: list[int], repeat: int, folder: Path) -> dict:
     prefill_s = time.perf_counter() - t0
     state = eng.get_state()
     fp = eng.info.fingerprint
-    save_s = median_of(lambda: Snapshot.from_state(eng.get_state(), fp).to_bytes(), repeat)
+    save_s = metrics.median_of(lambda: Snapshot.from_state(eng.get_state(), fp).to_bytes(), repeat)
     blob = Snapshot.from_state(state, fp).to_bytes()
     path = folder / f"{len(tokens)}.kvs"
-    save_file_s = median_of(lambda: Snapshot.from_state(eng.get_state(), fp).save(path), repeat)
-    set_only_s = median_of(lambda: eng.set_state(state), repeat)
-    ram_s = median_of(lambda: Snapshot.from_bytes(blob, fp).restore(eng), repeat)
-    file_s = median_of(lambda: Snapshot.load(path, fp).restore(eng), repeat)
+    save_file_s = metrics.median_of(lambda: Snapshot.from_state(eng.get_state(), fp).save(path), repeat)
+    set_only_s = metrics.median_of(lambda: eng.set_state(state), repeat)
+    ram_s = metrics.median_of(lambda: Snapshot.from_bytes(blob, fp).restore(eng), repeat)
+    file_s = metrics.median_of(lambda: Snapshot.load(path, fp).restore(eng), repeat)
     if eng.tokens != tokens:
         raise AssertionError("a restore did not bring back the prompt's tokens")
     return {
