@@ -9,6 +9,7 @@ re-prefills what is stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,12 @@ PREFILL_TOKENS_PER_S = 180.0
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@functools.lru_cache(maxsize=8)
+def chat_template(source: str) -> jinja2.Template:
+    """A GGUF chat template (Jinja source), compiled once per distinct source."""
+    return jinja2.Environment(loader=jinja2.BaseLoader()).from_string(source)
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,7 @@ class Session:
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}
         self.last_turn: TurnStats | None = None
-        self._template = jinja2.Environment(loader=jinja2.BaseLoader()).from_string(
-            self.engine.chat_template or CHATML)
+        self._template = chat_template(self.engine.chat_template or CHATML)
         self._conv_dir = Path(self.store.disk.root) / "conversations" if self.store.disk is not None else None
         if self._conv_dir is not None:
             self._conv_dir.mkdir(exist_ok=True)

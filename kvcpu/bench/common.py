@@ -111,10 +111,9 @@ def real_state(model_path: Path, n_tokens: int, cache_dir: Path):
 def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """messages as plain llama-cpp-python's chat completion formats them (the GGUF's template).
     llm: a llama_cpp.Llama (from engine.plain_llama)."""
-    import jinja2
+    from ..session import chat_template
 
-    template = jinja2.Environment(loader=jinja2.BaseLoader()).from_string(llm.metadata["tokenizer.chat_template"])
-    text = template.render(messages=messages, add_generation_prompt=True)
+    text = chat_template(llm.metadata["tokenizer.chat_template"]).render(messages=messages, add_generation_prompt=True)
     return llm.tokenize(text.encode(), special=True)
 
 
