@@ -80,10 +80,6 @@ class AdaptiveCodec(TensorCodec):
         self._p = {"target_ratio": target_ratio, "target_error": target_error, "options": options}
         self._chosen: list = []
 
-    @property
-    def params(self) -> dict:
-        return dict(self._p)
-
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         self._budget = None
         if self._p["target_ratio"] is not None:

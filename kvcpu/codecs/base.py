@@ -39,6 +39,7 @@ class Codec:
 
     name: ClassVar[str]
     lossless: ClassVar[bool] = False
+    _p: dict = {}  # the parameters it was made with; a codec that takes some sets its own in __init__
 
     def __init__(self, **params):
         if params:
@@ -46,7 +47,8 @@ class Codec:
 
     @property
     def params(self) -> dict:
-        return {}
+        """The parameters this codec was made with (a copy)."""
+        return dict(self._p)
 
     def encode(self, state: KVState, layout: str = "blocked") -> CompressedKV:
         raise NotImplementedError

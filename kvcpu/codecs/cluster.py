@@ -37,10 +37,6 @@ class ClusterCodec(Codec):
         self._p = {"threshold": threshold, "max_run": max_run, "keep_first": keep_first,
                    "keep_last": keep_last, "inner": inner}
 
-    @property
-    def params(self) -> dict:
-        return dict(self._p)
-
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         if len(state.blocks) != 1 or sum(s is not None for s in state.blocks[0].streams) != 1:
             raise CodecError("cluster merges one sequence of one cache (no sliding-window or multi-stream states)")

@@ -39,10 +39,6 @@ class GroupQuantCodec(TensorCodec):
 
     bits = 8  # 8, 4 or 2
 
-    @property
-    def params(self) -> dict:
-        return dict(self._p)
-
     def _plan(self, kind: str, spec: LayoutSpec) -> tuple[str, int]:
         """(kernel axis, group size) for this tensor kind in this layout's orientation."""
         axis = self._p["axis_k" if kind == "k" else "axis_v"]

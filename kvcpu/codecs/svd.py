@@ -40,10 +40,6 @@ class SVDCodec(TensorCodec):
             raise CodecError(f"factors must be one of {FACTOR_TYPES}, not {factors!r}")
         self._p = {"energy": energy, "ratio": ratio, "rank": rank, "factors": factors, "head_dim": head_dim}
 
-    @property
-    def params(self) -> dict:
-        return dict(self._p)
-
     def _rank(self, s: np.ndarray, n: int, d: int) -> int:
         p = self._p
         if p["rank"] is not None:
