@@ -19,6 +19,7 @@ from kvcpu.store.policies import (
     GDLearnSmall,
     GDSmall,
     Hybrid,
+    ReuseRate,
     make_policy,
     simulate,
 )
@@ -147,6 +148,49 @@ def test_hybrid_follows_the_expert_whose_shadow_does_best():
     assert h.victim() == h.experts[leader].victim() != "big"
 
 
+class _MRU(LRU):
+    """Most recently used first: a test expert whose order is the opposite of LRU's."""
+
+    name = "mru"
+
+    def victim(self):
+        return next(reversed(self.order))
+
+
+def test_hybrid_evicts_first_what_its_leaders_shadow_evicted(monkeypatch):
+    """The real cache holds what earlier leaders kept. After a change of leader, the new
+    leader's first victims are the resident keys its own shadow evicted, oldest first, not its
+    own order over keys its shadow never held; a demoted key leaves that list."""
+    monkeypatch.setitem(POLICIES, "mru", _MRU)
+    h = Hybrid(100, experts=("lru", "mru"))
+    resident = {}
+    for key in "abc":
+        resident[key] = 40
+        h.on_insert(key, 40, 1.0)
+    assert h.victim() == "a"  # leader lru; the mru shadow dropped c instead
+    del resident["a"]
+    h.on_remove("a")
+    h.leader = "mru"
+    h.on_insert("d", 40, 1.0)  # mru's shadow {a, b, d} drops d; the real cache is {b, c, d}
+    assert list(h.not_in_shadow["mru"]) == ["c", "d"]
+    assert h.victim() == "c" and h.experts["mru"].victim() == "d"
+    h.on_resize("c", 20)
+    assert h.victim() == "d"
+
+
+def test_hybrid_changes_leader_only_when_another_leads_by_a_hit():
+    """Two experts as good as each other would swap the lead on every hit, and each swap
+    costs hits; the lead changes hands only at a margin of SWITCH_MARGIN hits."""
+    h = Hybrid(1000)
+    assert h.leader == "arc"  # the classic adaptive policy, until another proves better
+    h.score.update(arc=10.0, s3fifo=10.9)
+    h.on_insert("x", 10, 1.0)  # a miss for every shadow: scores decay alike
+    assert h.leader == "arc"
+    h.score["s3fifo"] = 11.2
+    h.on_insert("y", 10, 1.0)
+    assert h.leader == "s3fifo"
+
+
 def test_s3fifo_ghost_remembers_a_budget_of_bytes_not_a_count():
     s3 = S3FIFO(100)  # ghost: 90 bytes
     for i in range(30):  # one-offs of 10 bytes through the small queue
@@ -215,6 +259,25 @@ def test_gd_learn_small_weighs_size_harder_than_gd_learn():
         assert gd.victim() == "big"
         assert gd.reuse_probability(gd._class(80)) == pytest.approx(0.8)
     assert gd.priority("big", 80, 1.0) == pytest.approx(gd.inflation + 0.8 * 2 / 80**1.5)
+
+
+def test_reuse_rate_keeps_the_most_used_per_byte_and_drops_the_overdue_first():
+    """a is used at times 1, 3, 4; b once at 2. Gaps seen so far: 2 and 1, a mean of 1.5.
+    a's mean gap is (3 + 5 * 1.5) / 3 = 3.5, b's (0 + 5 * 1.0) / 1 = 5 (the workload's mean
+    was 1 when b came): b is worth less per byte and goes first. a is due by 4 + 3.5 * 3.5 =
+    16.25; once past that it goes first, though b is worth less. A demotion is not a use, but
+    makes a due again from then."""
+    rr = ReuseRate(10_000)
+    victim = _run(rr, [("put", "a"), ("put", "b"), ("get", "a"), ("get", "a")])
+    assert rr.mean_gap == 1.5 and rr.mean_gap_of("a") == 3.5
+    assert victim == "b"
+    for i in range(12):  # times 5..16: tiny one-offs, each worth far more per byte than a or b
+        rr.on_insert(f"tiny{i}", 1, 1.0)
+    assert rr.now == 16 and rr.victim() == "b"
+    rr.on_insert("tiny12", 1, 1.0)
+    assert rr.victim() == "a"  # 17 > 16.25: overdue
+    rr.on_resize("a", 5)
+    assert rr.victim() == "b" and rr.freq["a"] == 3
 
 
 def test_unknown_policy_is_a_clear_error():

@@ -18,7 +18,8 @@ from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace
 
 TITLE = "Eviction policies"
-KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "hybrid"]
+KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "reuse-rate",
+         "hybrid"]
 
 
 def params(quick: bool) -> dict:
@@ -126,7 +127,7 @@ def plot(data: dict, folder) -> list[str]:
     names = []
     for name in data["traces"]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 17 policies: the default 10 colours repeat
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 18 policies: the default 10 colours repeat
         mine = [r for r in data["rows"] if r["trace"] == name]
         for pol in dict.fromkeys(r["policy"] for r in mine):
             pts = sorted((r["fraction"], r["hit_ratio"]) for r in mine if r["policy"] == pol)

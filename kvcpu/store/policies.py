@@ -7,17 +7,19 @@ registry the store and the benchmarks use.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from .greedydual import GDS, GDSF, LFU, GDLearn, GDLearnSmall, GDSmall
 from .policy_base import Key, Policy
 from .queues import ARC, FIFO, LRU, S3FIFO
+from .rate import ReuseRate
 
 __all__ = ["ARC", "FIFO", "GDS", "GDSF", "LFU", "LRU", "POLICIES", "S3FIFO", "GDLearn", "GDLearnSmall", "GDSmall",
-           "Hybrid", "Key", "Policy", "SimResult", "make_policy", "simulate"]
+           "Hybrid", "Key", "Policy", "ReuseRate", "SimResult", "make_policy", "simulate"]
 
-EXPERTS = ("gds", "arc", "s3fifo", "gd-learn", "gd-learn-small")
+EXPERTS = ("arc", "s3fifo", "gds", "reuse-rate", "gd-learn-small")
 
 
 class _Shadow:
@@ -26,9 +28,11 @@ class _Shadow:
     def __init__(self, name: str, capacity: int):
         self.policy = POLICIES[name](capacity)
         self.capacity, self.sizes, self.used = capacity, {}, 0
+        self.evicted: list = []  # what the last request pushed out
 
     def request(self, key, size: int, cost: float) -> bool:
         """Replay one request; True for a hit."""
+        self.evicted = []
         if key in self.sizes:
             self.used += size - self.sizes[key]
             self.sizes[key] = size
@@ -45,24 +49,34 @@ class _Shadow:
             victim = self.policy.victim()
             self.used -= self.sizes.pop(victim)
             self.policy.on_remove(victim)
+            self.evicted.append(victim)
         return hit
 
 
 class Hybrid(Policy):
     """Follows whichever of its experts is doing best on this workload, and switches when
-    another starts doing better: recency weighed by size (GreedyDual-Size: small and recent
-    stay), recency and frequency adapted by ghost lists (ARC), probation before admission with
-    a ghost (S3-FIFO), and two GreedyDuals that learn which sizes get reused, one of them
-    leaning hard toward small entries (gd-learn, gd-learn-small).
+    another starts doing better. The experts: recency and frequency adapted by ghost lists
+    (ARC), probation before admission with a ghost (S3-FIFO), recency weighed by size
+    (GreedyDual-Size: small and recent stay), each key's own rate of reuse per byte with the
+    keys that stopped being used dropped first (reuse-rate), and a GreedyDual that learns
+    which sizes get reused and leans hard toward small entries (gd-learn-small).
 
     Each expert also runs as a shadow cache of the same size over keys and sizes alone, so
     every request scores every expert (hits, decayed so the recent past counts most). The
-    real evictions follow the expert with the best score: the store learns from the mistakes
-    its shadows would have made, not only from its own. cost_aware=True scores experts by the
+    real evictions follow the leader, the expert with the best score: the store learns from
+    the mistakes its shadows would have made, not only from its own. The leader changes only
+    when another expert leads it by SWITCH_MARGIN hits: near-ties (two experts as good as each
+    other) would otherwise swap it back and forth, and each swap costs hits.
+
+    The real cache holds what the past leaders kept, which is not what the leader's shadow
+    holds. So the leader's first victims are the resident keys its own shadow has already
+    evicted, oldest first; only then its own order. That way the real cache converges to the
+    leader's contents instead of mixing the experts'. cost_aware=True scores experts by the
     prefill seconds their hits save instead of by hits.
     """
 
     name = "hybrid"
+    SWITCH_MARGIN = 1.0  # in hits (cost-aware: in mean prefill seconds saved per hit)
 
     def __init__(self, capacity_bytes: int, experts: tuple[str, ...] = EXPERTS, decay: float = 0.999,
                  cost_aware: bool = False):
@@ -70,14 +84,29 @@ class Hybrid(Policy):
         self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
         self.shadows = {name: _Shadow(name, capacity_bytes) for name in experts}
         self.score = dict.fromkeys(experts, 0.0)
+        self.leader = experts[0]
+        self.resident: set = set()
+        self.not_in_shadow = {name: OrderedDict() for name in experts}  # resident keys a shadow evicted
         self.decay, self.cost_aware = decay, cost_aware
+        self.gain_sum, self.gains = 0.0, 0
 
     def _request(self, key, size, cost) -> None:
         gain = cost if self.cost_aware else 1.0
+        self.gain_sum, self.gains = self.gain_sum + gain, self.gains + 1
         for name, shadow in self.shadows.items():
-            self.score[name] = self.score[name] * self.decay + (gain if shadow.request(key, size, cost) else 0.0)
+            hit = shadow.request(key, size, cost)
+            self.score[name] = self.score[name] * self.decay + (gain if hit else 0.0)
+            gone = self.not_in_shadow[name]
+            gone.pop(key, None)
+            for k in shadow.evicted:  # the requested key itself, when its size outgrows the budget
+                if k in self.resident:
+                    gone[k] = None
+        best = max(self.score, key=self.score.get)
+        if self.score[best] > self.score[self.leader] + self.SWITCH_MARGIN * self.gain_sum / self.gains:
+            self.leader = best
 
     def on_insert(self, key, size, cost):
+        self.resident.add(key)
         self._request(key, size, cost)
         for e in self.experts.values():
             e.on_insert(key, size, cost)
@@ -88,20 +117,27 @@ class Hybrid(Policy):
             e.on_access(key, size, cost)
 
     def on_resize(self, key, size):
+        for gone in self.not_in_shadow.values():  # requeued: the experts' own order decides again
+            gone.pop(key, None)
         for e in self.experts.values():  # not a request: the shadows hold their own entries
             e.on_resize(key, size)
 
     def on_remove(self, key):
+        self.resident.discard(key)
+        for gone in self.not_in_shadow.values():
+            gone.pop(key, None)
         for e in self.experts.values():
             e.on_remove(key)
 
     def victim(self):
-        leader = max(self.score, key=self.score.get)
-        return self.experts[leader].victim()
+        gone = self.not_in_shadow[self.leader]
+        if gone:
+            return next(iter(gone))
+        return self.experts[self.leader].victim()
 
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LRU, FIFO, LFU, GDS, GDSF, GDSmall, GDLearn, GDLearnSmall,
-                                                          S3FIFO, ARC)}
+                                                          ReuseRate, S3FIFO, ARC)}
 POLICIES["hybrid"] = Hybrid
 
 
