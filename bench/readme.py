@@ -24,8 +24,13 @@ PLOTS_IN_README = {"restore", "quality", "session"}  # the rest are in bench/res
 
 def sections(doc: dict, results_dir: str) -> dict[str, str]:
     """Section name -> Markdown, each ending with where its figures came from."""
-    source = (f"<sub>From `{results_dir}/results.json`, made by `{doc['command']}` on {machine_line(doc)}."
-              " Full report: `" + results_dir + "/report.md`.</sub>")
+
+    def source_of(suite: dict | None = None) -> str:  # a suite kept by --merge names its own run
+        command = (suite or {}).get("command", doc["command"])
+        return (f"From `{results_dir}/results.json`, made by `{command}` on {machine_line(doc, suite)}."
+                f" Full report: `{results_dir}/report.md`.</sub>")
+
+    source = "<sub>" + source_of()
     took = f"\n\nThe whole run took {doc['seconds'] / 60:.1f} minutes ({doc['created']}).\n\n"
     out = {"machine": machine_table(doc) + took + source,
            "recommendation": render_recommendation(doc["recommendation"]) + "\n\n" + source}
@@ -33,7 +38,7 @@ def sections(doc: dict, results_dir: str) -> dict[str, str]:
         text = suite_markdown(name, suite, short=True)
         if name in PLOTS_IN_README:
             text += "\n\n" + " ".join(f"![{name}]({results_dir}/{p})" for p in suite["plots"])
-        out[name] = f"{text}\n\n<sub>Suite `{name}`, {suite['created']}. {source[5:]}"
+        out[name] = f"{text}\n\n<sub>Suite `{name}`, {suite['created']}. {source_of(suite)}"
     return out
 
 

@@ -215,10 +215,14 @@ def test_merge_keeps_the_other_suites_and_replaces_the_rerun_one(model_path, tmp
     suites = {"one": _fake_suite(1.0), "two": _fake_suite(2.0)}
     monkeypatch.setattr(run, "SUITES", suites)
     monkeypatch.setattr(report, "SUITES", suites)
-    run_bench(BenchConfig(model=str(model_path), only=("one", "two"), out=tmp_path))
+    first = run_bench(BenchConfig(model=str(model_path), only=("one", "two"), out=tmp_path), command="kvcpu bench A")
     suites["two"] = _fake_suite(3.0)
-    doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path, merge=True))
+    doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path, merge=True),
+                    command="kvcpu bench B")
     assert {k: s["data"]["v"] for k, s in doc["suites"].items()} == {"one": 1.0, "two": 3.0}
+    # each suite names the run that measured it, not the one that merged it
+    assert [doc["suites"][k]["command"] for k in ("one", "two")] == ["kvcpu bench A", "kvcpu bench B"]
+    assert doc["suites"]["one"].get("commit") == first["software"].get("commit")
     assert bench_results.load(tmp_path / "results.json") == json.loads(json.dumps(doc))
     assert "v = 3.0" in (tmp_path / "report.md").read_text()
     doc = run_bench(BenchConfig(model=str(model_path), only=("two",), out=tmp_path))

@@ -27,10 +27,12 @@ def summary_rows(doc: dict) -> list[dict]:
             for name, suite in doc["suites"].items() for fig in suite["headline"].values()]
 
 
-def machine_line(doc: dict) -> str:
-    """One line naming the machine, versions and model: the footer of every figure."""
+def machine_line(doc: dict, suite: dict | None = None) -> str:
+    """One line naming the machine, versions and model: the footer of every figure. With a
+    suite, the commit is the one that suite was measured at (a --merge run keeps older suites)."""
     m, s, model = doc["machine"], doc["software"], doc["model"]
-    commit = f", commit {s['commit']}" if s.get("commit") else ""
+    at = (suite or {}).get("commit", s.get("commit"))
+    commit = f", commit {at}" if at else ""
     return (f"{m['cpu']}, {m['cores_logical']} cores, {m['ram_bytes'] / 2**30:.0f} GiB RAM, SIMD "
             f"{'/'.join(m['simd_llama']) or 'none'}; llama.cpp {s['llama_cpp']} (llama-cpp-python "
             f"{s['llama_cpp_python']}), numba {s['numba']}, numpy {s['numpy']}, kvcpu {s['kvcpu']}{commit}; "
@@ -67,6 +69,8 @@ def write_report(doc: dict, path: Path) -> None:
              "## Recommendation\n\n" + render_recommendation(doc["recommendation"])]
     for name, suite in doc["suites"].items():
         params = ", ".join(f"{k}={v}" for k, v in suite["params"].items())
+        run = f" by `{suite['command']}`" if suite.get("command", doc["command"]) != doc["command"] else ""
+        at = f", commit {suite['commit']}" if suite.get("commit") else ""
         parts.append(f"## {suite['title']} (`{name}`)\n\n{suite_markdown(name, suite)}\n\n"
-                     f"<sub>{params}; {suite['seconds']:.0f} s, {suite['created']}.</sub>")
+                     f"<sub>{params}; {suite['seconds']:.0f} s, {suite['created']}{run}{at}.</sub>")
     Path(path).write_text("\n\n".join(parts) + "\n")

@@ -60,7 +60,12 @@ def _start(config: BenchConfig, command: str, model_path: Path) -> dict:
         old = results.load(previous)
         if old["model"]["fingerprint"] != doc["model"]["fingerprint"]:
             raise results.BenchResultsError(f"{previous} measured another model; it cannot be merged into")
-        doc["suites"] = {k: v for k, v in old["suites"].items() if k not in config.only}
+        kept = {k: v for k, v in old["suites"].items() if k not in config.only}
+        for suite in kept.values():  # each kept suite still names the run that measured it
+            suite.setdefault("command", old["command"])
+            if old["software"].get("commit"):
+                suite.setdefault("commit", old["software"]["commit"])
+        doc["suites"] = kept
     return doc
 
 
@@ -82,7 +87,10 @@ def run_bench(config: BenchConfig, command: str = "kvcpu bench", on_progress: Pr
         seconds = time.perf_counter() - t0
         on_progress(name, 1.0, "done")
         doc["suites"][name] = {"title": suite.TITLE, "params": params, "created": created, "seconds": seconds,
-                               "headline": suite.headline(data), "data": data, "plots": suite.plot(data, config.out)}
+                               "headline": suite.headline(data), "data": data, "plots": suite.plot(data, config.out),
+                               "command": command}
+        if doc["software"].get("commit"):
+            doc["suites"][name]["commit"] = doc["software"]["commit"]
     doc["seconds"] = time.perf_counter() - t_all
     doc["recommendation"] = recommend(doc["suites"], doc["model"], config.limits)
     results.save(doc, config.out / "results.json")
