@@ -31,7 +31,9 @@ def sections(doc: dict, results_dir: str) -> dict[str, str]:
                 f" Full report: `{results_dir}/report.md`.</sub>")
 
     source = "<sub>" + source_of()
-    took = f"\n\nThe whole run took {doc['seconds'] / 60:.1f} minutes ({doc['created']}).\n\n"
+    measuring = sum(suite["seconds"] for suite in doc["suites"].values()) / 60
+    took = (f"\n\nThe suites took {measuring:.1f} minutes of measuring in all; this file was last written by the run "
+            f"of {doc['created']}.\n\n")
     out = {"machine": machine_table(doc) + took + source,
            "recommendation": render_recommendation(doc["recommendation"]) + "\n\n" + source}
     for name, suite in doc["suites"].items():
