@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -229,24 +231,47 @@ def test_merge_keeps_the_other_suites_and_replaces_the_rerun_one(model_path, tmp
     assert list(doc["suites"]) == ["two"]  # without --merge, a run stands alone
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench_script(name: str) -> types.ModuleType:
+    """A script of bench/ (not a package), loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_readme_figures_are_the_committed_results_file():
     """Every bench section of README.md is exactly what bench/readme.py makes of
     bench/results/results.json: no figure in the README is typed by hand or left stale."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("bench_readme", root / "bench" / "readme.py")
-    readme_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readme_tool)
-    doc = bench_results.load(root / "bench" / "results" / "results.json")
-    readme = (root / "README.md").read_text()
+    readme_tool = _bench_script("readme")
+    doc = bench_results.load(ROOT / "bench" / "results" / "results.json")
+    readme = (ROOT / "README.md").read_text()
     rewritten, missing = readme_tool.rewrite(readme, readme_tool.sections(doc, "bench/results"))
     assert not missing and rewritten == readme
     assert set(doc["suites"]) == {"kernels", "quality", "restore", "eviction", "session", "sharing", "llamacache"}
     assert doc["options"]["quick"] is False and doc["command"].startswith("kvcpu bench")
     for suite in doc["suites"].values():
-        assert all((root / "bench" / "results" / p).is_file() for p in suite["plots"])
+        assert all((ROOT / "bench" / "results" / p).is_file() for p in suite["plots"])
+
+
+def test_chat_oracle_is_told_what_the_keys_do_not_carry():
+    """bench/chat_oracle.py: the user comes back out of a chat-trace key, rarer users wait
+    longer, and a key told dead goes first even when it is worth the most per byte."""
+    oracle = _bench_script("chat_oracle")
+    assert oracle.user_of("u17c3") == 17
+    gaps = oracle.expected_gaps()
+    assert gaps.shape == (400,) and (gaps[1:] > gaps[:-1]).all()
+    told = oracle.Told(1000, last_use={"u0c0": 9, "u1c0": 1})
+    told.on_insert("u0c0", 100, 0.0)
+    told.on_insert("u1c0", 1, 0.0)  # its last request: dead from now on
+    told.on_access("u0c0", 100, 0.1)
+    assert told.victim() == "u1c0" and oracle.ReuseRate.victim(told) == "u0c0"
+    row = oracle.rows_for(oracle.make_traces(7, 3000)["chat"], 0.05)
+    assert all(0 <= v <= 1 for v in row.values())
+    if "BeladySize" in row:
+        assert row["lru"] <= row["half the gap"] <= row["BeladySize"]
 
 
 def _crash(out):

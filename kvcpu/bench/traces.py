@@ -23,6 +23,16 @@ def prefill_cost(tokens: int) -> float:
     return tokens / PREFILL_TOK_S
 
 
+CHAT_ZIPF = 0.9  # users' popularity: the k-th most active user makes a share proportional to 1 / k^0.9
+CHAT_TOGGLE = 0.02  # each user starts or ends a session with this probability at every request
+
+
+def chat_user_weights(n_users: int = 400) -> np.ndarray:
+    """Each user's share of the chat trace's requests while all are active, shape (n_users,)."""
+    weights = 1.0 / np.arange(1, n_users + 1) ** CHAT_ZIPF
+    return weights / weights.sum()
+
+
 def chat_trace(rng: np.random.Generator, n_requests: int, n_users: int = 400) -> list[tuple]:
     """Zipf-popular users in sessions, idle between them; one request per turn, keyed by conversation.
 
@@ -30,14 +40,13 @@ def chat_trace(rng: np.random.Generator, n_requests: int, n_users: int = 400) ->
     the longer one under the same key (KVStore supersedes a conversation's last turn), so the
     key's size grows turn by turn.
     """
-    weights = 1.0 / np.arange(1, n_users + 1) ** 0.9
-    weights /= weights.sum()
+    weights = chat_user_weights(n_users)
     active = rng.random(n_users) < 0.3
     tokens = np.zeros(n_users, dtype=np.int64)
     conv = np.zeros(n_users, dtype=np.int64)
     trace = []
     while len(trace) < n_requests:
-        active ^= rng.random(n_users) < 0.02  # sessions start and end: users go idle and come back
+        active ^= rng.random(n_users) < CHAT_TOGGLE  # sessions start and end: users go idle and come back
         if not active.any():
             continue
         p = np.where(active, weights, 0)
