@@ -1,19 +1,21 @@
-"""What closing the chat trace's LRU-to-BeladySize gap takes: reuse-rate, told what no store knows.
+"""What closing the chat trace's LRU-to-BeladySize gap takes: reuse-rate, told what the keys do not say.
 
     python bench/chat_oracle.py [--requests 40000] [--seed 7] [--fractions 0.02 0.05]
 
 The eviction suite's chat trace names each conversation by its user and number (`u17c3`), as
-its generator knows them; a store's keys are hashes of token ids and carry neither. This
-script reads the user back out of the key to tell reuse-rate what no online policy knows,
-and reports the hit ratio each variant reaches beside LRU, the hybrid, BeladySize, and the
-hit ratio that closes half of the gap (the eviction suite's target):
+its generator knows them; a store's keys are hashes of token ids and carry neither. Each
+request also names its user as its owner, as a chat server knows who is asking. This script
+reports the hit ratio of:
 
-- dead: which resident conversations will never be asked for again (they go first);
-- first-turn rate: the user's true pace of requests, for a conversation that has had only one
-  turn (before it has any history of its own);
-- user rate: the user's true pace, for every conversation.
+- reuse-rate and the hybrid on the keys alone, and with the owners;
+- reuse-rate on the keys alone, told what no online policy knows (the user is read back out
+  of the key): which resident conversations will never be asked for again (dead: they go
+  first); the user's true pace of requests for a conversation's first turn only (before it
+  has a history of its own); the user's true pace always;
 
-It prints a Markdown table; it measures no speed, and README's figures do not come from it.
+beside LRU, BeladySize, and the hit ratio that closes half of the gap (the eviction suite's
+target). It prints a Markdown table; it measures no speed, and README's figures do not come
+from it.
 """
 
 from __future__ import annotations
@@ -82,15 +84,18 @@ class Told(ReuseRate):
 
 def rows_for(trace: list[tuple], fraction: float) -> dict:
     """Hit ratio of every variant, and the references, at one budget."""
-    cap = int(sum({k: s for k, s, _ in trace}.values()) * fraction)
-    last_use = {k: i for i, (k, _, _) in enumerate(trace)}
+    cap = int(sum({row[0]: row[1] for row in trace}.values()) * fraction)
+    keys_only = [row[:3] for row in trace]
+    last_use = {row[0]: i for i, row in enumerate(trace)}
     gaps = expected_gaps()
-    variants = {"lru": "lru", "hybrid": "hybrid", "reuse-rate": "reuse-rate",
-                "reuse-rate told dead": Told(cap, last_use=last_use),
-                "reuse-rate told first-turn rate": Told(cap, user_gaps=gaps, first_turn_only=True),
-                "reuse-rate told user rate": Told(cap, user_gaps=gaps),
-                "reuse-rate told both": Told(cap, last_use=last_use, user_gaps=gaps)}
-    row = {"fraction": fraction, **{name: simulate(p, trace, cap).hit_ratio for name, p in variants.items()}}
+    variants = {"lru": ("lru", keys_only), "hybrid, keys only": ("hybrid", keys_only),
+                "reuse-rate, keys only": ("reuse-rate", keys_only), "reuse-rate, owners": ("reuse-rate", trace),
+                "hybrid, owners": ("hybrid", trace),
+                "reuse-rate told dead": (Told(cap, last_use=last_use), keys_only),
+                "reuse-rate told first-turn rate": (Told(cap, user_gaps=gaps, first_turn_only=True), keys_only),
+                "reuse-rate told user rate": (Told(cap, user_gaps=gaps), keys_only)}
+    row = {"fraction": fraction, **{name: simulate(p, requests, cap).hit_ratio
+                                    for name, (p, requests) in variants.items()}}
     belady = libcachesim_caches().get("BeladySize")
     if belady is not None:
         row["BeladySize"] = replay_libcachesim(belady, trace, cap)["hit_ratio"]

@@ -274,6 +274,22 @@ def test_chat_oracle_is_told_what_the_keys_do_not_carry():
         assert row["lru"] <= row["half the gap"] <= row["BeladySize"]
 
 
+def test_traces_round_trip_with_and_without_owners(tmp_path):
+    """The chat trace names who asks; the others do not. Both come back from their files as
+    they were made (costs to the microsecond), and the same seed makes the same bytes."""
+    from kvcpu.bench.traces import load_trace, make_traces, save_trace
+
+    traces = make_traces(7, 500)
+    assert all(len(row) == 4 for row in traces["chat"]) and all(len(row) == 3 for row in traces["scan"])
+    for name, trace in traces.items():
+        save_trace(tmp_path / f"{name}.csv.gz", trace)
+        back = load_trace(tmp_path / f"{name}.csv.gz")
+        assert [r[:2] + r[3:] for r in back] == [r[:2] + r[3:] for r in trace]
+        assert all(abs(a[2] - b[2]) < 1e-6 for a, b in zip(back, trace))
+    save_trace(tmp_path / "again.csv.gz", make_traces(7, 500)["chat"])
+    assert (tmp_path / "again.csv.gz").read_bytes() == (tmp_path / "chat.csv.gz").read_bytes()
+
+
 def _crash(out):
     raise SystemExit(3)
 
@@ -299,7 +315,9 @@ def test_eviction_suite_without_libcachesim_still_reports(tmp_path, monkeypatch)
     monkeypatch.setattr(eviction, "libcachesim_caches", lambda: {})
     ctx = SuiteContext(model="m", model_path=tmp_path, out=tmp_path, quick=True, seed=7)
     data = eviction.run(ctx, requests=1500, fractions=[0.1])
-    assert data["libcachesim"] is False and {r["policy"] for r in data["rows"]} == set(eviction.KVCPU)
+    assert data["libcachesim"] is False
+    assert {r["policy"] for r in data["rows"]} == {*eviction.KVCPU, eviction.KEYS_ONLY}  # keys only: chat
+    assert {r["trace"] for r in data["rows"] if r["policy"] == eviction.KEYS_ONLY} == {"chat"}
     assert len(data["targets"]) == 3 and all("vs_arc_pts" not in t for t in data["targets"])
     assert all((tmp_path / f).is_file() for f in data["traces"].values())
     text = eviction.render(data)

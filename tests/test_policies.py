@@ -25,7 +25,7 @@ from kvcpu.store.policies import (
 )
 
 ops = st.lists(st.tuples(st.sampled_from(["put", "get", "del", "resize"]), st.integers(0, 15), st.integers(1, 40),
-                         st.floats(0.01, 5.0)), max_size=150)
+                         st.floats(0.01, 5.0), st.sampled_from([None, "ann", "bob"])), max_size=150)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -35,7 +35,9 @@ def test_policy_contract(name, operations, capacity):
     """Victims are always resident keys, and the budget holds after every eviction loop."""
     policy = make_policy(name, capacity)
     resident: dict = {}
-    for op, key, size, cost in operations:
+    for op, key, size, cost, owner in operations:
+        if op in ("put", "get") and (op == "put") != (key in resident) and owner is not None:
+            policy.on_owner(key, owner)  # a hint, just before the request it is about
         if op == "put" and key not in resident:
             resident[key] = size
             policy.on_insert(key, size, cost)
@@ -278,6 +280,45 @@ def test_reuse_rate_keeps_the_most_used_per_byte_and_drops_the_overdue_first():
     assert rr.victim() == "a"  # 17 > 16.25: overdue
     rr.on_resize("a", 5)
     assert rr.victim() == "b" and rr.freq["a"] == 3
+
+
+def test_reuse_rate_drops_first_what_an_owner_has_moved_on_from():
+    """ann moves on from a to c: a goes first, though worth more per byte than bob's b. She
+    comes back to a: then c is the one she left. Without anything left, value decides."""
+    rr = ReuseRate(10_000)
+    for key, owner, size in (("a", "ann", 10), ("b", "bob", 100)):
+        rr.on_owner(key, owner)
+        rr.on_insert(key, size, 1.0)
+    rr.on_owner("a", "ann")
+    rr.on_access("a", 10, 1.0)
+    assert rr.victim() == "b"
+    rr.on_owner("c", "ann")
+    rr.on_insert("c", 10, 1.0)
+    assert rr.victim() == "a"
+    rr.on_owner("a", "ann")
+    rr.on_access("a", 10, 1.0)
+    assert rr.victim() == "c"
+    rr.on_remove("c")
+    assert rr.victim() == "b"
+    rr.on_remove("a")
+    assert "ann" not in rr.current and not rr.left and set(rr.owner_of) == {"b"}
+
+
+def test_owners_reach_the_policy_through_simulate_and_the_hybrids_shadows():
+    """(key, size, cost, owner) rows: ann moves on from a to c, so a goes where, told nothing,
+    reuse-rate drops the newcomer c. The hybrid passes the owner to its experts and shadows."""
+    trace = [("a", 10, 1.0, "ann"), ("b", 10, 1.0, "bob"), ("a", 10, 1.0, "ann"), ("c", 10, 1.0, "ann"),
+             ("b", 10, 1.0, "bob")]
+    told, untold = ReuseRate(20), ReuseRate(20)
+    simulate(told, trace, 20)
+    simulate(untold, [row[:3] for row in trace], 20)
+    assert set(told.due) == {"b", "c"} and set(untold.due) == {"a", "b"}
+    h = Hybrid(1000)
+    for key in "ab":
+        h.on_owner(key, "ann")
+        h.on_insert(key, 10, 1.0)
+    assert list(h.experts["reuse-rate"].left) == ["a"] == list(h.shadows["reuse-rate"].policy.left)
+    assert h.owner is None
 
 
 def test_unknown_policy_is_a_clear_error():

@@ -82,18 +82,19 @@ ops = st.lists(st.tuples(st.sampled_from(["put", "get", "delete", "lookup"]), st
                          st.integers(1, 60)), max_size=25)
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "s3fifo", "hybrid"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "s3fifo", "reuse-rate", "hybrid"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=ops, budget_kb=st.integers(20, 200))
 def test_budget_is_never_exceeded(policy, operations, budget_kb):
     store = KVStore(budget_kb * 1024, policy=policy)
     for op, conv, n in operations:
         tokens = [conv] * n
+        owner = f"user{conv % 3}" if conv % 4 else None  # some requests say who asks, some not
         try:
             if op == "put":
-                store.put(snapshot(tokens, seed=conv))
+                store.put(snapshot(tokens, seed=conv), owner=owner)
             elif op == "get" and store.keys():
-                store.get(store.keys()[conv % len(store.keys())])
+                store.get(store.keys()[conv % len(store.keys())], owner=owner)
             elif op == "delete" and store.keys():
                 store.delete(store.keys()[conv % len(store.keys())])
             else:
@@ -117,6 +118,19 @@ def test_demotion_ladder_before_eviction():
     assert stats["demotions"].get("ram:int8->int4-rot", 0) >= 1 and stats["evictions"]["ram"] >= 1
     restored = store.get(store.keys()[0]).decode()
     assert restored.n_tokens == 200
+
+
+def test_the_store_tells_its_policy_who_asks():
+    """ann starts a second conversation: with owners, her first goes before bob's, which is
+    older and as large; without them, bob's goes (reuse-rate, no demotion ladder)."""
+    one = len(snapshot([1] * 100).to_bytes())
+    for owners, gone in ((True, "ann's first"), (False, "bob's")):
+        store = KVStore(int(one * 2.5), policy="reuse-rate", ladder=())
+        bob = store.put(snapshot([2] * 100, seed=2), owner="bob" if owners else None)
+        ann = store.put(snapshot([1] * 100, seed=1), owner="ann" if owners else None)
+        store.get(ann, owner="ann" if owners else None)
+        store.put(snapshot([3] * 100, seed=3), owner="ann" if owners else None)
+        assert (ann not in store, bob not in store) == ((True, False) if owners else (False, True)), gone
 
 
 def test_snapshot_larger_than_the_budget_is_refused():

@@ -6,6 +6,10 @@ BeladySize see the same requests in one run. libCacheSim keeps an object's first
 hit, so a hit whose size changed is replayed there as remove and insert: bytes stay right,
 but its policies lose that object's history (kvcpu's see a resize). That handicaps them on
 the chat trace, and is said so here.
+
+The chat trace names each request's user (its owner), as a chat server knows who is asking;
+reuse-rate and the hybrid use it, libCacheSim's policies cannot. So the hybrid also runs on
+the chat trace with the owners taken out ("hybrid, keys only"), and both are reported.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_tr
 TITLE = "Eviction policies"
 KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "reuse-rate",
          "hybrid"]
+KEYS_ONLY = "hybrid, keys only"  # the hybrid on a trace whose owners are taken out
 
 
 def params(quick: bool) -> dict:
@@ -44,6 +49,9 @@ class _Timed:
     def on_remove(self, k):
         self.p.on_remove(k)
 
+    def on_owner(self, *a):
+        self.p.on_owner(*a)
+
     def victim(self):
         t0 = time.perf_counter_ns()
         v = self.p.victim()
@@ -51,13 +59,22 @@ class _Timed:
         return v
 
 
-def _kvcpu_row(pol: str, trace, cap: int) -> tuple[dict, float | None]:
+def _kvcpu_row(pol: str, trace, cap: int, label: str | None = None) -> tuple[dict, float | None]:
     timed = _Timed(make_policy(pol, cap))
     t0 = time.perf_counter()
     r = simulate(timed, trace, cap)
-    row = {"policy": pol, "hit_ratio": r.hit_ratio, "byte_hit_ratio": r.byte_hit_ratio,
+    row = {"policy": label or pol, "hit_ratio": r.hit_ratio, "byte_hit_ratio": r.byte_hit_ratio,
            "prefill_saved_s": r.prefill_saved_s, "us_per_request": (time.perf_counter() - t0) / len(trace) * 1e6}
     return row, (statistics.median(timed.times) / 1e3 if timed.times else None)
+
+
+def _runs(trace: list[tuple]) -> list[tuple[str, str, list[tuple]]]:
+    """(policy, label, requests) for every kvcpu run on a trace: each policy, and the hybrid
+    again without the owners when the trace names them."""
+    runs = [(pol, pol, trace) for pol in KVCPU]
+    if any(len(row) > 3 for row in trace):
+        runs.append(("hybrid", KEYS_ONLY, [row[:3] for row in trace]))
+    return runs
 
 
 def run(ctx: SuiteContext, requests: int, fractions: list[float]) -> dict:
@@ -65,22 +82,23 @@ def run(ctx: SuiteContext, requests: int, fractions: list[float]) -> dict:
     traces = make_traces(ctx.seed, requests)
     lcs = libcachesim_caches()
     rows, files, decisions = [], {}, {}
-    steps = len(traces) * len(fractions) * (len(KVCPU) + len(lcs))
+    steps = len(fractions) * sum(len(_runs(trace)) + len(lcs) for trace in traces.values())
     done = 0
     for name, trace in traces.items():
         save_trace(ctx.out / "traces" / f"{name}.csv.gz", trace)
         files[name] = f"traces/{name}.csv.gz"
-        working_set = sum({k: s for k, s, _ in trace}.values())
+        working_set = sum({row[0]: row[1] for row in trace}.values())
+        runs = _runs(trace)
         times: dict[str, list[float]] = {}
         for frac in fractions:
             cap = int(working_set * frac)
             where = {"trace": name, "fraction": frac, "capacity_bytes": cap}
-            for pol in KVCPU:
-                ctx.tick(done, steps, f"{name} {frac:.0%} {pol}")
-                row, decision = _kvcpu_row(pol, trace, cap)
+            for pol, label, requests_of in runs:
+                ctx.tick(done, steps, f"{name} {frac:.0%} {label}")
+                row, decision = _kvcpu_row(pol, requests_of, cap, label)
                 rows.append({**where, **row})
                 if decision is not None:
-                    times.setdefault(pol, []).append(decision)
+                    times.setdefault(label, []).append(decision)
                 done += 1
             for label, cls in lcs.items():
                 ctx.tick(done, steps, f"{name} {frac:.0%} {label}")
@@ -99,10 +117,14 @@ def targets(rows: list[dict]) -> list[dict]:
         best_simple = max(hr["lru"], hr["lfu"], hr["fifo"])
         row = {"trace": trace, "fraction": frac, "hybrid": hr["hybrid"], "best_of_lru_lfu_fifo": best_simple,
                "vs_best_simple_pts": 100 * (hr["hybrid"] - best_simple)}
+        if KEYS_ONLY in hr:
+            row["keys_only"] = hr[KEYS_ONLY]
         if "lcs-ARC" in hr:
             gap = hr["BeladySize"] - hr["lru"]
             row.update(lcs_arc=hr["lcs-ARC"], vs_arc_pts=100 * (hr["hybrid"] - hr["lcs-ARC"]),
                        belady_size=hr["BeladySize"], gap_closed=(hr["hybrid"] - hr["lru"]) / gap if gap > 0 else None)
+            if KEYS_ONLY in hr and gap > 0:
+                row["keys_only_gap_closed"] = (hr[KEYS_ONLY] - hr["lru"]) / gap
         out.append(row)
     return out
 
@@ -127,11 +149,11 @@ def plot(data: dict, folder) -> list[str]:
     names = []
     for name in data["traces"]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 18 policies: the default 10 colours repeat
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 19 lines: the default 10 colours repeat
         mine = [r for r in data["rows"] if r["trace"] == name]
         for pol in dict.fromkeys(r["policy"] for r in mine):
             pts = sorted((r["fraction"], r["hit_ratio"]) for r in mine if r["policy"] == pol)
-            ax.plot(*zip(*pts), "-" if pol in KVCPU else "--", marker="o", ms=3, label=pol,
+            ax.plot(*zip(*pts), "-" if pol in KVCPU or pol == KEYS_ONLY else "--", marker="o", ms=3, label=pol,
                     lw=2.2 if pol == "hybrid" else 1)
         ax.set_xscale("log")
         ax.set_xticks(data["fractions"], [f"{f:.0%}" for f in data["fractions"]])
@@ -147,7 +169,9 @@ def _targets_table(data: dict) -> str:
     return markdown_table([("trace|trace", "s"), ("fraction|budget", ".0%"), ("hybrid|hybrid hit ratio", ".3f"),
                            ("vs_best_simple_pts|vs best of lru/lfu/fifo (pts)", "+.1f"),
                            ("vs_arc_pts|vs libCacheSim ARC (pts)", "+.1f"),
-                           ("gap_closed|LRU-to-BeladySize gap closed", ".0%")], data["targets"])
+                           ("gap_closed|LRU-to-BeladySize gap closed", ".0%"),
+                           ("keys_only|hybrid hit ratio, keys only", ".3f"),
+                           ("keys_only_gap_closed|gap closed, keys only", ".0%")], data["targets"])
 
 
 def render(data: dict, short: bool = False) -> str:
@@ -157,7 +181,8 @@ def render(data: dict, short: bool = False) -> str:
     hybrid_us = ", ".join(f"{t} {d['hybrid']:.1f} us" for t, d in data["decision_median_us"].items())
     per_request = statistics.median(r["us_per_request"] for r in rows if r["policy"] == "hybrid")
     text = (f"{data['requests']:,} requests per trace, seed {data['seed']}; gap closed = (hybrid - LRU) / "
-            f"(BeladySize - LRU).\n\n" + _targets_table(data)
+            f"(BeladySize - LRU). The chat trace names who asks (each user); \"keys only\" is the hybrid on "
+            f"the same requests without that.\n\n" + _targets_table(data)
             + f"\n\nMedian eviction decision of hybrid: {hybrid_us}; per request, shadows included: "
             f"{per_request:.1f} us." + ("" if data["libcachesim"] else
                                         " libcachesim is not installed: no ARC, Belady or gap figures."))

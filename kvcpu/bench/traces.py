@@ -1,7 +1,8 @@
 """Replayable request traces for eviction policies, and their replay through libCacheSim.
 
-A trace is a list of (key, size_bytes, prefill_cost_s). Seeds are fixed; traces are written
-gzipped as CSV so that anyone can replay them.
+A trace is a list of (key, size_bytes, prefill_cost_s), or of (key, size_bytes,
+prefill_cost_s, owner) where the application knows who asks (the chat trace's users). Seeds
+are fixed; traces are written gzipped as CSV so that anyone can replay them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def chat_trace(rng: np.random.Generator, n_requests: int, n_users: int = 400) ->
 
     A hit restores the conversation's stored snapshot (saving its prefill); the store then keeps
     the longer one under the same key (KVStore supersedes a conversation's last turn), so the
-    key's size grows turn by turn.
+    key's size grows turn by turn. Each request names its user as its owner, as a chat server
+    knows who is asking.
     """
     weights = chat_user_weights(n_users)
     active = rng.random(n_users) < 0.3
@@ -56,7 +58,7 @@ def chat_trace(rng: np.random.Generator, n_requests: int, n_users: int = 400) ->
             tokens[u] = 0
         saved = prefill_cost(tokens[u]) if tokens[u] else 0.0
         tokens[u] += int(rng.integers(60, 400))
-        trace.append((f"u{u}c{conv[u]}", int(tokens[u] * BYTES_PER_TOKEN), saved))
+        trace.append((f"u{u}c{conv[u]}", int(tokens[u] * BYTES_PER_TOKEN), saved, f"u{u}"))
     return trace
 
 
@@ -102,9 +104,11 @@ def make_traces(seed: int, n_requests: int) -> dict[str, list[tuple]]:
 
 
 def save_trace(path: Path, trace: list[tuple]) -> None:
-    """Writes key,size_bytes,prefill_cost_s rows, gzipped."""
+    """Writes key,size_bytes,prefill_cost_s[,owner] rows, gzipped."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "key,size_bytes,prefill_cost_s\n" + "".join(f"{k},{s},{c:.6f}\n" for k, s, c in trace)
+    owners = any(len(row) > 3 for row in trace)
+    text = "key,size_bytes,prefill_cost_s" + (",owner\n" if owners else "\n") + "".join(
+        f"{row[0]},{row[1]},{row[2]:.6f}" + (f",{row[3]}\n" if owners else "\n") for row in trace)
     path.write_bytes(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same trace, the same bytes
 
 
@@ -112,7 +116,8 @@ def load_trace(path: Path) -> list[tuple]:
     """Reads a trace written by save_trace."""
     with gzip.open(path, "rt") as f:
         next(f)
-        return [(k, int(s), float(c)) for k, s, c in (line.rstrip("\n").split(",") for line in f)]
+        rows = (line.rstrip("\n").split(",") for line in f)
+        return [(k, int(s), float(c), *owner) for k, s, c, *owner in rows]
 
 
 def libcachesim_caches() -> dict:
@@ -134,7 +139,7 @@ def replay_libcachesim(cls, trace: list[tuple], capacity: int) -> dict:
     import libcachesim as lcs
 
     ids: dict = {}
-    obj = [ids.setdefault(k, len(ids) + 1) for k, _, _ in trace]
+    obj = [ids.setdefault(row[0], len(ids) + 1) for row in trace]
     nxt = [0] * len(trace)
     seen: dict = {}
     for i in range(len(trace) - 1, -1, -1):
@@ -148,7 +153,7 @@ def _replay(lcs, cache, trace: list[tuple], obj: list[int], nxt: list[int]) -> d
     hits = saved = bytes_hit = 0.0
     req = lcs.Request()
     sizes: dict = {}
-    for i, (_, size, cost) in enumerate(trace):
+    for i, (_, size, cost, *_owner) in enumerate(trace):  # libCacheSim's policies hear of no owners
         req.obj_id, req.obj_size, req.next_access_vtime, req.clock_time = obj[i], size, nxt[i], i
         if cache.find(req, False) is not None and sizes.get(obj[i]) != size:
             cache.remove(obj[i])
@@ -161,7 +166,7 @@ def _replay(lcs, cache, trace: list[tuple], obj: list[int], nxt: list[int]) -> d
             saved += cost
             bytes_hit += size
         sizes[obj[i]] = size
-    bytes_total = sum(s for _, s, _ in trace)
+    bytes_total = sum(row[1] for row in trace)
     return {"hit_ratio": hits / len(trace), "byte_hit_ratio": bytes_hit / bytes_total, "prefill_saved_s": saved}
 
 

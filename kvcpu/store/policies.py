@@ -30,17 +30,21 @@ class _Shadow:
         self.capacity, self.sizes, self.used = capacity, {}, 0
         self.evicted: list = []  # what the last request pushed out
 
-    def request(self, key, size: int, cost: float) -> bool:
+    def request(self, key, size: int, cost: float, owner=None) -> bool:
         """Replay one request; True for a hit."""
         self.evicted = []
         if key in self.sizes:
             self.used += size - self.sizes[key]
             self.sizes[key] = size
+            if owner is not None:
+                self.policy.on_owner(key, owner)
             self.policy.on_access(key, size, cost)
             hit = True
         else:
             if size > self.capacity:
                 return False
+            if owner is not None:
+                self.policy.on_owner(key, owner)
             self.sizes[key] = size
             self.used += size
             self.policy.on_insert(key, size, cost)
@@ -89,12 +93,14 @@ class Hybrid(Policy):
         self.not_in_shadow = {name: OrderedDict() for name in experts}  # resident keys a shadow evicted
         self.decay, self.cost_aware = decay, cost_aware
         self.gain_sum, self.gains = 0.0, 0
+        self.owner = None  # who asks, for the request under way
 
     def _request(self, key, size, cost) -> None:
         gain = cost if self.cost_aware else 1.0
         self.gain_sum, self.gains = self.gain_sum + gain, self.gains + 1
+        owner, self.owner = self.owner, None
         for name, shadow in self.shadows.items():
-            hit = shadow.request(key, size, cost)
+            hit = shadow.request(key, size, cost, owner)
             self.score[name] = self.score[name] * self.decay + (gain if hit else 0.0)
             gone = self.not_in_shadow[name]
             gone.pop(key, None)
@@ -115,6 +121,11 @@ class Hybrid(Policy):
         self._request(key, size, cost)
         for e in self.experts.values():
             e.on_access(key, size, cost)
+
+    def on_owner(self, key, owner):
+        self.owner = owner  # the shadows hear it with the request itself
+        for e in self.experts.values():
+            e.on_owner(key, owner)
 
     def on_resize(self, key, size):
         for gone in self.not_in_shadow.values():  # requeued: the experts' own order decides again
@@ -169,16 +180,22 @@ class SimResult:
         return asdict(self)
 
 
-def simulate(policy: Policy | str, trace: Iterable[tuple[Key, int, float]], capacity_bytes: int) -> SimResult:
-    """Replay (key, size_bytes, prefill_cost_s) requests; a hit saves its cost. The byte
-    accounting and the eviction loop are the same as KVStore's."""
+def _tell_owner(policy: Policy, key, owner: list) -> None:
+    if owner and owner[0] is not None:
+        policy.on_owner(key, owner[0])
+
+
+def simulate(policy: Policy | str, trace: Iterable[tuple], capacity_bytes: int) -> SimResult:
+    """Replay (key, size_bytes, prefill_cost_s) requests, or (key, size_bytes, prefill_cost_s,
+    owner) where the application says who asks; a hit saves its cost. The byte accounting and
+    the eviction loop are the same as KVStore's."""
     if isinstance(policy, str):
         policy = make_policy(policy, capacity_bytes)
     resident: dict = {}
     used = requests = hits = evictions = 0
     bytes_total = bytes_hit = 0
     saved = total_cost = 0.0
-    for key, size, cost in trace:
+    for key, size, cost, *owner in trace:
         requests += 1
         bytes_total += size
         total_cost += cost
@@ -188,10 +205,12 @@ def simulate(policy: Policy | str, trace: Iterable[tuple[Key, int, float]], capa
             saved += cost
             used += size - resident[key]
             resident[key] = size
+            _tell_owner(policy, key, owner)
             policy.on_access(key, size, cost)
         elif size <= capacity_bytes:
             resident[key] = size
             used += size
+            _tell_owner(policy, key, owner)
             policy.on_insert(key, size, cost)
         while used > capacity_bytes:
             victim = policy.victim()

@@ -37,6 +37,10 @@ class Policy:
         a use: frequencies, ghost hits and learned statistics stay as they were."""
         raise NotImplementedError
 
+    def on_owner(self, key: Key, owner: Hashable) -> None:
+        """The application's word on who asks for key (a user, a tenant), just before that
+        request's on_insert or on_access. A hint: policies with no use for it ignore it."""
+
     def victim(self) -> Key:
         """The key to evict next; the caller removes it and calls on_remove."""
         raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 
 from .greedydual import GDLearn
 
@@ -20,6 +21,11 @@ class ReuseRate(GDLearn):
     that come back after eviction: on the chat trace it learns that a conversation at the
     context limit is replaced, not continued.
 
+    Where the application says who asks (on_owner: a user, a tenant), a key whose owner has
+    moved on to another key goes before all others, oldest first: someone who starts a new
+    conversation is most likely done with the last one. Asked for again, it is not. Without
+    owners, none of this applies.
+
     The GreedyDual inflation is not used: a key's value changes only when it is used or
     resized, and age counts only through the overdue rule, so both orders are heaps.
     """
@@ -36,6 +42,9 @@ class ReuseRate(GDLearn):
         self.due: dict = {}  # key -> time after which it counts as overdue
         self.overdue: list = []  # heap of (due, tick, key); stale entries skipped
         self.mean_gap, self.gaps_seen = 1.0, 0
+        self.current: dict = {}  # owner -> the key it asked for last, while resident
+        self.owner_of: dict = {}  # resident key -> its owner
+        self.left: OrderedDict = OrderedDict()  # resident keys whose owner moved on, oldest first
 
     def mean_gap_of(self, key) -> float:
         """The key's mean gap between uses, in requests, shrunk toward the workload's."""
@@ -70,12 +79,25 @@ class ReuseRate(GDLearn):
         super().on_resize(key, size)
         self._set_due(key)  # as if just placed: not overdue right after a demotion
 
+    def on_owner(self, key, owner):
+        previous = self.current.get(owner)
+        if previous is not None and previous != key:
+            self.left[previous] = None
+        self.left.pop(key, None)  # asked for again: not left after all
+        self.current[owner] = key
+        self.owner_of[key] = owner
+
     def on_remove(self, key):
-        for table in (self.first, self.last, self.due):
+        for table in (self.first, self.last, self.due, self.left):
             table.pop(key, None)
+        owner = self.owner_of.pop(key, None)
+        if owner is not None and self.current.get(owner) == key:
+            del self.current[owner]
         super().on_remove(key)
 
     def victim(self):
+        if self.left:
+            return next(iter(self.left))
         while self.overdue:
             due, _, key = self.overdue[0]
             if self.due.get(key) != due:

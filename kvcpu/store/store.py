@@ -49,6 +49,7 @@ class _Entry:
     base: str | None = None  # the shared base this entry's cells continue (sharing.py)
     base_tokens: int = 0
     dependents: int = 0  # for a base: the entries that continue it; bases leave with the last
+    owner: object = None  # who asked for it last, when the application says (a policy hint)
 
     @property
     def is_base(self) -> bool:
@@ -129,13 +130,15 @@ class KVStore(PrefixSharing, DiskIndex):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put(self, snapshot: Snapshot, cost: float = 1.0, supersede: bool = True) -> str:
+    def put(self, snapshot: Snapshot, cost: float = 1.0, supersede: bool = True, owner=None) -> str:
         """Keep a snapshot (replacing one with the same tokens); returns its key.
 
         `cost` is what a hit saves, in prefill seconds: cost-aware policies keep what saves most
         per byte. With supersede, entries whose tokens are a prefix of this one's are dropped:
         this one restores their prefixes too (to a whole block), as a conversation's new turn
-        replaces its last. With a disk tier the snapshot is written through; if that write fails
+        replaces its last. `owner` says who asks (a user, a tenant), where the application
+        knows: reuse-rate and the hybrid take an owner's move to another conversation as the
+        end of its last. With a disk tier the snapshot is written through; if that write fails
         (disk full), the entry stays in RAM and StoreDiskError says why.
         """
         if snapshot.tokens is None:
@@ -159,7 +162,7 @@ class KVStore(PrefixSharing, DiskIndex):
             if base is not None:  # kept as its own part after the shared base
                 snapshot = snapshot.recode(tail(state, m), meta={**snapshot.meta, "base": base, "base_tokens": m})
                 blob = snapshot.to_bytes()
-            entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m)
+            entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m, owner=owner)
             self._index(key, entry)
             self._n.puts += 1
             if len(blob) <= self.budget:
@@ -186,14 +189,15 @@ class KVStore(PrefixSharing, DiskIndex):
         key = entry_key(np.asarray(tokens, dtype=np.int32), fingerprint)
         return key if key in self._entries else None
 
-    def put_state(self, state, fingerprint: str, cost: float = 1.0, **snapshot_kw) -> str:
+    def put_state(self, state, fingerprint: str, cost: float = 1.0, owner=None, **snapshot_kw) -> str:
         """Encode a KVState with the store's codec and keep it."""
-        return self.put(Snapshot.from_state(state, fingerprint, self.codec, **snapshot_kw), cost)
+        return self.put(Snapshot.from_state(state, fingerprint, self.codec, **snapshot_kw), cost, owner=owner)
 
     def _to_ram(self, key: str, entry: _Entry, blob: bytes, codec: str) -> None:
         entry.ram, entry.ram_codec = blob, codec
         self.used += len(blob)
         self._leaves["ram"] += 1
+        self._tell_owner(self.ram_policy, key, entry)
         self.ram_policy.on_insert(key, len(blob), entry.cost)
         self._enforce(self.ram_policy, "ram")
 
@@ -208,8 +212,14 @@ class KVStore(PrefixSharing, DiskIndex):
         entry.disk_size, entry.disk_codec = len(blob), codec
         self.disk_used += len(blob)
         self._leaves["disk"] += 1
+        self._tell_owner(self.disk_policy, key, entry)
         self.disk_policy.on_insert(key, len(blob), entry.cost)
         self._enforce(self.disk_policy, "disk")
+
+    @staticmethod
+    def _tell_owner(policy, key: str, entry: _Entry) -> None:
+        if entry.owner is not None:
+            policy.on_owner(key, entry.owner)
 
     def _enforce(self, policy, tier: str) -> None:
         budget = self.budget if tier == "ram" else self.disk_budget
@@ -284,13 +294,16 @@ class KVStore(PrefixSharing, DiskIndex):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get(self, key: str):
+    def get(self, key: str, owner=None):
         """The snapshot under `key`, verified (checksum): a Snapshot, or for an entry that
-        continues a shared prefix a SharedSnapshot, which decodes to the whole state alike."""
+        continues a shared prefix a SharedSnapshot, which decodes to the whole state alike.
+        `owner` says who asks, as for put."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 raise KVCPUError(f"no entry {key!r} in the store")
+            if owner is not None:
+                entry.owner = owner
             own = self._read(key)
             if entry.base is None:
                 return own
@@ -302,6 +315,7 @@ class KVStore(PrefixSharing, DiskIndex):
         policy = not entry.is_base
         if entry.ram is not None:
             if policy:
+                self._tell_owner(self.ram_policy, key, entry)
                 self.ram_policy.on_access(key, len(entry.ram), entry.cost)
             return Snapshot.from_bytes(entry.ram)
         found = self.disk.read(key) if entry.disk_size else None
@@ -318,6 +332,7 @@ class KVStore(PrefixSharing, DiskIndex):
             entry.ram, entry.ram_codec = blob, snap.packed.codec
             self.used += len(blob)
         else:
+            self._tell_owner(self.disk_policy, key, entry)
             self.disk_policy.on_access(key, entry.disk_size, entry.cost)
             if len(blob) <= self.budget:
                 self._to_ram(key, entry, blob, snap.packed.codec)
