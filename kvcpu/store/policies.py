@@ -75,7 +75,8 @@ class Hybrid(Policy):
     The real cache holds what the past leaders kept, which is not what the leader's shadow
     holds. So the leader's first victims are the resident keys its own shadow has already
     evicted, oldest first; only then its own order. That way the real cache converges to the
-    leader's contents instead of mixing the experts'. cost_aware=True scores experts by the
+    leader's contents instead of mixing the experts'. Owners (on_owner) reach the experts and
+    the shadows with the request they are about. cost_aware=True scores experts by the
     prefill seconds their hits save instead of by hits.
     """
 

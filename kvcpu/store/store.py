@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +49,7 @@ class _Entry:
     base: str | None = None  # the shared base this entry's cells continue (sharing.py)
     base_tokens: int = 0
     dependents: int = 0  # for a base: the entries that continue it; bases leave with the last
-    owner: object = None  # who asked for it last, when the application says (a policy hint)
+    owner: Hashable | None = None  # who asked for it last, when the application says (a policy hint)
 
     @property
     def is_base(self) -> bool:
