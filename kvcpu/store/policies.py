@@ -22,33 +22,30 @@ __all__ = ["ARC", "FIFO", "GDS", "GDSF", "LFU", "LRU", "POLICIES", "S3FIFO", "GD
 EXPERTS = ("arc", "s3fifo", "gds", "reuse-rate", "gd-learn-small")
 
 
-class _Shadow:
-    """An expert's own cache of the same size, over keys and sizes only: how it would have done."""
+class _Cache:
+    """A cache over keys and sizes alone, ordered by a policy, with KVStore's byte accounting
+    and eviction loop: what `simulate` replays through, and each of the hybrid's shadows (how
+    an expert would have done with a cache of its own)."""
 
-    def __init__(self, name: str, capacity: int):
-        self.policy = POLICIES[name](capacity)
+    def __init__(self, policy: Policy, capacity: int):
+        self.policy = policy
         self.capacity, self.sizes, self.used = capacity, {}, 0
         self.evicted: list = []  # what the last request pushed out
 
     def request(self, key, size: int, cost: float, owner=None) -> bool:
         """Replay one request; True for a hit."""
         self.evicted = []
-        if key in self.sizes:
-            self.used += size - self.sizes[key]
-            self.sizes[key] = size
-            if owner is not None:
-                self.policy.on_owner(key, owner)
+        hit = key in self.sizes
+        if not hit and size > self.capacity:
+            return False
+        if owner is not None:
+            self.policy.on_owner(key, owner)
+        self.used += size - self.sizes.get(key, 0)
+        self.sizes[key] = size
+        if hit:
             self.policy.on_access(key, size, cost)
-            hit = True
         else:
-            if size > self.capacity:
-                return False
-            if owner is not None:
-                self.policy.on_owner(key, owner)
-            self.sizes[key] = size
-            self.used += size
             self.policy.on_insert(key, size, cost)
-            hit = False
         while self.used > self.capacity:
             victim = self.policy.victim()
             self.used -= self.sizes.pop(victim)
@@ -87,7 +84,7 @@ class Hybrid(Policy):
                  cost_aware: bool = False):
         super().__init__(capacity_bytes)
         self.experts = {name: POLICIES[name](capacity_bytes) for name in experts}
-        self.shadows = {name: _Shadow(name, capacity_bytes) for name in experts}
+        self.shadows = {name: _Cache(POLICIES[name](capacity_bytes), capacity_bytes) for name in experts}
         self.score = dict.fromkeys(experts, 0.0)
         self.leader = experts[0]
         self.resident: set = set()
@@ -181,42 +178,23 @@ class SimResult:
         return asdict(self)
 
 
-def _tell_owner(policy: Policy, key, owner: list) -> None:
-    if owner and owner[0] is not None:
-        policy.on_owner(key, owner[0])
-
-
 def simulate(policy: Policy | str, trace: Iterable[tuple], capacity_bytes: int) -> SimResult:
     """Replay (key, size_bytes, prefill_cost_s) requests, or (key, size_bytes, prefill_cost_s,
     owner) where the application says who asks; a hit saves its cost. The byte accounting and
     the eviction loop are the same as KVStore's."""
     if isinstance(policy, str):
         policy = make_policy(policy, capacity_bytes)
-    resident: dict = {}
-    used = requests = hits = evictions = 0
-    bytes_total = bytes_hit = 0
+    cache = _Cache(policy, capacity_bytes)
+    requests = hits = evictions = bytes_total = bytes_hit = 0
     saved = total_cost = 0.0
     for key, size, cost, *owner in trace:
         requests += 1
         bytes_total += size
         total_cost += cost
-        if key in resident:
+        if cache.request(key, size, cost, owner[0] if owner else None):
             hits += 1
             bytes_hit += size
             saved += cost
-            used += size - resident[key]
-            resident[key] = size
-            _tell_owner(policy, key, owner)
-            policy.on_access(key, size, cost)
-        elif size <= capacity_bytes:
-            resident[key] = size
-            used += size
-            _tell_owner(policy, key, owner)
-            policy.on_insert(key, size, cost)
-        while used > capacity_bytes:
-            victim = policy.victim()
-            used -= resident.pop(victim)
-            policy.on_remove(victim)
-            evictions += 1
+        evictions += len(cache.evicted)
     return SimResult(policy.name, capacity_bytes, requests, hits, hits / max(requests, 1),
                      bytes_hit / max(bytes_total, 1), saved, total_cost, evictions)
