@@ -25,7 +25,14 @@ import argparse
 import numpy as np
 
 from kvcpu.bench.common import markdown_table
-from kvcpu.bench.traces import CHAT_TOGGLE, chat_user_weights, libcachesim_caches, make_traces, replay_libcachesim
+from kvcpu.bench.traces import (
+    CHAT_TOGGLE,
+    chat_user_weights,
+    libcachesim_caches,
+    make_traces,
+    replay_libcachesim,
+    working_set_bytes,
+)
 from kvcpu.store.policies import simulate
 from kvcpu.store.rate import ReuseRate
 
@@ -84,7 +91,7 @@ class Told(ReuseRate):
 
 def rows_for(trace: list[tuple], fraction: float) -> dict:
     """Hit ratio of every variant, and the references, at one budget."""
-    cap = int(sum({row[0]: row[1] for row in trace}.values()) * fraction)
+    cap = int(working_set_bytes(trace) * fraction)
     keys_only = [row[:3] for row in trace]
     last_use = {row[0]: i for i, row in enumerate(trace)}
     gaps = expected_gaps()

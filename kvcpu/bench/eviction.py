@@ -19,7 +19,7 @@ import time
 
 from ..store.policies import make_policy, simulate
 from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
-from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace
+from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace, working_set_bytes
 
 TITLE = "Eviction policies"
 KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "reuse-rate",
@@ -87,7 +87,7 @@ def run(ctx: SuiteContext, requests: int, fractions: list[float]) -> dict:
     for name, trace in traces.items():
         save_trace(ctx.out / "traces" / f"{name}.csv.gz", trace)
         files[name] = f"traces/{name}.csv.gz"
-        working_set = sum({row[0]: row[1] for row in trace}.values())
+        working_set = working_set_bytes(trace)
         runs = _runs(trace)
         times: dict[str, list[float]] = {}
         for frac in fractions:

@@ -96,6 +96,12 @@ def shift_trace(rng: np.random.Generator, n_requests: int, n_docs: int = 1500) -
     return trace
 
 
+def working_set_bytes(trace: list[tuple]) -> int:
+    """The bytes of every key at its last size: what a cache holding the whole trace needs.
+    Budgets are fractions of it."""
+    return sum({row[0]: row[1] for row in trace}.values())
+
+
 def make_traces(seed: int, n_requests: int) -> dict[str, list[tuple]]:
     """The three traces, each from its own fixed seed."""
     return {"chat": chat_trace(np.random.default_rng(seed), n_requests),
