@@ -82,13 +82,14 @@ def run(ctx: SuiteContext, requests: int, fractions: list[float]) -> dict:
     traces = make_traces(ctx.seed, requests)
     lcs = libcachesim_caches()
     rows, files, decisions = [], {}, {}
-    steps = len(fractions) * sum(len(_runs(trace)) + len(lcs) for trace in traces.values())
+    runs_of = {name: _runs(trace) for name, trace in traces.items()}
+    steps = len(fractions) * sum(len(runs) + len(lcs) for runs in runs_of.values())
     done = 0
     for name, trace in traces.items():
         save_trace(ctx.out / "traces" / f"{name}.csv.gz", trace)
         files[name] = f"traces/{name}.csv.gz"
         working_set = working_set_bytes(trace)
-        runs = _runs(trace)
+        runs = runs_of[name]
         times: dict[str, list[float]] = {}
         for frac in fractions:
             cap = int(working_set * frac)
