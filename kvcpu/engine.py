@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
+from . import buffers, models
 from .errors import EngineError
 from .ggml_types import ggml_type
 from .state import KVState
@@ -221,7 +221,7 @@ class Engine:
         import llama_cpp
 
         size = llama_cpp.llama_state_seq_get_size(self.llama.ctx, seq_id)
-        buf = np.empty(size, dtype=np.uint8)
+        buf = buffers.POOL.take(size)  # a touched buffer: a fresh one page-faults for every page
         written = llama_cpp.llama_state_seq_get_data(self.llama.ctx, buf.ctypes.data_as(_U8P), size, seq_id)
         if written != size:
             raise EngineError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
@@ -242,7 +242,7 @@ class Engine:
                 raise EngineError(f"{len(tokens)} token ids for a state spanning {state.n_positions} positions")
         if state.n_positions > self.config.n_ctx:
             raise EngineError(f"state of {state.n_positions} positions does not fit n_ctx={self.config.n_ctx}")
-        data = np.frombuffer(state.to_bytes(), dtype=np.uint8)
+        data = state.serialized()  # the bytes a decode or a get_state wrote: no copy here
         self._memory_seq_rm(seq_id, -1, -1)
         if seq_id == 0:
             self.llama.n_tokens = 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import buffers
 from .errors import StateFormatError, UnsupportedTypeError
 from .ggml_types import BY_ID, STORAGE_DTYPE, GGMLType, ggml_type
 
@@ -92,6 +93,19 @@ class Tensor:
         data = self.data[:, :n] if self.transposed else self.data[:n]
         return Tensor(self.ggml_type, np.ascontiguousarray(data), self.transposed)
 
+    @classmethod
+    def placeholder(cls, type_id: int, n_cells: int, n_embd: int, transposed: bool = False) -> Tensor:
+        """A tensor with its shape and no memory yet: KVState.materialize gives it its place."""
+        t = ggml_type(type_id)
+        if t.numeric:
+            dtype, shape = np.dtype(STORAGE_DTYPE[t.id]), (n_cells, n_embd)
+        elif transposed:
+            raise StateFormatError(f"a transposed V cannot hold block type {t.name}")
+        else:
+            dtype, shape = np.dtype(np.uint8), (n_cells, t.row_bytes(n_embd))
+        shape = shape[::-1] if transposed else shape
+        return cls(t.id, np.broadcast_to(np.zeros((), dtype), shape), transposed)
+
 
 @dataclass(eq=False)
 class CellStream:
@@ -139,6 +153,9 @@ class KVState:
     blocks: list[CacheBlock]
     cell_ext_bytes: int = 0
     tokens: np.ndarray | None = field(default=None)
+    # (n,) uint8: the llama.cpp bytes these arrays were parsed from or materialized in, so that
+    # serialized() hands them over without a copy while they still match (see _backed)
+    _backing: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def from_bytes(cls, buf, cell_ext_bytes: int = 0) -> KVState:
@@ -147,9 +164,63 @@ class KVState:
 
     def to_bytes(self) -> bytes:
         """The exact llama.cpp bytes: from_bytes(b).to_bytes() == b."""
-        return b"".join(self._parts())
+        return b"".join(p if isinstance(p, bytes) else memoryview(p.data).cast("B") for p in self._parts())
+
+    def serialized(self) -> np.ndarray:
+        """The exact llama.cpp bytes as a (nbytes,) uint8 array, for llama.cpp to read: the
+        buffer this state sits in when it still matches, else one serialization into a reused
+        buffer. Valid while the state lives and is not changed."""
+        if self._backed():
+            return self._backing
+        out = buffers.POOL.take(self.nbytes)
+        self._write(out, place=False)
+        return out
+
+    def materialize(self) -> KVState:
+        """Give every tensor (placeholders included) its place in one reused buffer laid out
+        as llama.cpp's bytes, headers written; data not yet written is undefined. Returns self."""
+        out = buffers.POOL.take(self.nbytes)
+        self._write(out, place=True)
+        self._backing = out
+        return self
+
+    def _write(self, out: np.ndarray, place: bool) -> None:
+        """Write the bytes into `out`; with place, tensors become views of `out` instead of
+        being copied into it."""
+        off = 0
+        for part in self._parts():
+            if isinstance(part, bytes):
+                out[off : off + len(part)] = np.frombuffer(part, np.uint8)
+                off += len(part)
+                continue
+            size = part.data.size * part.data.dtype.itemsize
+            dest = out[off : off + size].view(part.data.dtype).reshape(part.data.shape)
+            if place:
+                part.data = dest
+            else:
+                dest[...] = part.data
+            off += size
+
+    def _backed(self) -> bool:
+        """Whether the backing buffer still holds exactly this state: every tensor still views
+        its place in it, and every header and cell record still reads the same."""
+        buf = self._backing
+        if buf is None:
+            return False
+        base, off = buf.ctypes.data, 0
+        for part in self._parts():
+            if isinstance(part, bytes):
+                if buf[off : off + len(part)].tobytes() != part:
+                    return False
+                off += len(part)
+                continue
+            if part.data.ctypes.data != base + off or not part.data.flags.c_contiguous:
+                return False
+            off += part.data.size * part.data.dtype.itemsize
+        return off == buf.size
 
     def _parts(self):
+        """The serialization in order: bytes for headers and cell records, Tensors for data."""
         yield struct.pack("<Ii", STATE_MAGIC, self.seq_id)
         for block in self.blocks:
             yield struct.pack("<I", len(block.streams))
@@ -177,7 +248,7 @@ class KVState:
     @property
     def nbytes(self) -> int:
         """Length of to_bytes(), computed without serializing."""
-        return sum(len(p) for p in self._parts())
+        return sum(len(p) if isinstance(p, bytes) else p.data.size * p.data.dtype.itemsize for p in self._parts())
 
     def tensors(self):
         """Yield (block, stream, layer, 'k'|'v', Tensor) for every tensor."""
@@ -228,13 +299,13 @@ def _stream_parts(s: CellStream):
     yield struct.pack("<II", int(s.v_trans), len(s.k))
     for t in s.k:
         yield struct.pack("<iQ", t.ggml_type, t.type.row_bytes(t.n_embd))
-        yield memoryview(t.data).cast("B")
+        yield t
     for t in s.v:
         if s.v_trans:
             yield struct.pack("<iII", t.ggml_type, t.type.type_size, t.n_embd)
         else:
             yield struct.pack("<iQ", t.ggml_type, t.type.row_bytes(t.n_embd))
-        yield memoryview(t.data).cast("B")
+        yield t
 
 
 def _meta_bytes(s: CellStream) -> bytes:
@@ -308,7 +379,7 @@ class _Parser:
             blocks.append(self.block(seq_id, blocks[0] if blocks else None))
         if not blocks:
             self.fail("no cache block after the header")
-        return KVState(seq_id, blocks, self.ext)
+        return KVState(seq_id, blocks, self.ext, _backing=self.buf)
 
     def block(self, seq_id: int, first: CacheBlock | None) -> CacheBlock:
         start = self.off

@@ -7,6 +7,17 @@ import pytest
 from kvcpu import Engine, models
 from kvcpu.data import eval_text
 
+# Fixtures that load the real model: a test that uses any of them, directly or through another
+# fixture, is a `model` test, and `pytest -m "not model"` (the fast tier) leaves it out.
+MODEL_FIXTURES = {"model_path"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test whose fixtures reach the real model with `model`."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
 
 @pytest.fixture(scope="session")
 def model_path():

@@ -8,8 +8,10 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from numba import njit
 
 from kvcpu import kernels as K
+from kvcpu.kernels import f16
 
 HALF_MAX = 65504.0
 finite_halves = st.floats(width=16, allow_nan=False, allow_infinity=False)
@@ -57,6 +59,36 @@ def test_float_to_half_edges():
                   np.inf, -np.inf, 1 + 2**-11, 1 + 3 * 2**-11], np.float32)
     np.testing.assert_array_equal(K.float32_to_half_bits(x), ref.float_to_half(x))
     assert np.isnan(K.half_bits_to_float32(K.float32_to_half_bits(np.array([np.nan], np.float32))))[0]
+
+
+@njit
+def _bits_half_to_float(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = f16.half_to_float_bits(src[i])
+
+
+@njit
+def _bits_float_to_half(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = f16.float_to_half_bits(src[i])
+
+
+def test_the_bit_operation_conversions_agree_with_numpy():
+    """The fallback for CPUs without a half conversion of their own, run here too."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got = np.empty(bits.shape, np.float32)
+    _bits_half_to_float(bits, got)
+    want = ref.half_to_float(bits)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    x = np.concatenate([np.random.default_rng(3).standard_normal(20_000).astype(np.float32) * 10.0 ** k
+                        for k in (-9, -6, -3, 0, 3, 5)])
+    x = np.concatenate([x, [0.0, -0.0, 65504, 65519.99, 65520, 1e9, 2.98e-8, 2.99e-8, np.inf, -np.inf]]).astype(
+        np.float32)
+    out = np.empty(x.shape, np.uint16)
+    _bits_float_to_half(x, out)
+    np.testing.assert_array_equal(out, ref.float_to_half(x))
+    np.testing.assert_array_equal(K.float32_to_half_bits(x), out)  # the hardware path, where there is one
 
 
 def test_nonfinite_are_counted():

@@ -86,6 +86,24 @@ class GroupQuantCodec(TensorCodec):
             m = kernels.transpose(m)
         return m
 
+    def decode_tensor_into(self, arrays: dict, kind: str, spec: LayoutSpec, shape, info: dict, out,
+                           transposed: bool) -> bool:
+        """Per-token groups of a token-major layout decode straight into llama.cpp's buffer, in
+        either orientation (a V cache stored transposed, as llama.cpp does without flash attention)."""
+        axis, group = self._plan(kind, spec)
+        if spec.channel_major or axis != "token":
+            return False
+        return self._dequantize_tokens(arrays, shape, group, out, transposed)
+
+    def _dequantize_tokens(self, arrays: dict, shape, group: int, out, transposed: bool) -> bool:
+        codes = arrays["q"]
+        q = kernels.unpack_codes(codes, shape[1], self.bits, self._offset) if self.bits < 8 else codes
+        qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, "token",
+                               int(self._p["head_dim"]) if self._p["rotate"] else 0)
+        n = out.shape[1] if transposed else out.shape[0]
+        kernels.dequantize(qz, out.dtype, n, transposed=transposed, out=out)
+        return True
+
     def decode_tensor_flipped(self, arrays: dict, kind: str, spec: LayoutSpec, shape, out_dtype, info: dict):
         """Per-token groups of a token-major layout decode straight into channel-major (a V cache
         stored transposed, as llama.cpp does without flash attention)."""

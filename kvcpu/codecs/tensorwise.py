@@ -72,6 +72,7 @@ class TensorCodec(Codec):
     # -- decode -----------------------------------------------------------------------
 
     def decode(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
+        """The state, decoded straight into one buffer laid out as llama.cpp's bytes."""
         meta = packed.meta
         spec = LayoutSpec(packed.layout, int(meta["block_tokens"]))
         if len(packed.sections) != 2:
@@ -82,7 +83,7 @@ class TensorCodec(Codec):
         n_tensors = sum(2 * len(s["k"]) for s in streams)
         cells = unpack(LayoutSpec("aligned"), cell_payload, meta["cell_index"], len(streams))
         arrays = unpack(spec, payload, meta["index"], n_tensors, n_tokens)
-        blocks, si, ti = [], 0, 0
+        blocks, si = [], 0
         for block in skeleton:
             out = []
             for s in block:
@@ -90,21 +91,31 @@ class TensorCodec(Codec):
                     out.append(None)
                     continue
                 n = s["n_cells"] if n_tokens is None else min(n_tokens, s["n_cells"])
-                k, v = [], []
-                for layer in range(len(s["k"])):
-                    for kind, desc, dest in (("k", s["k"][layer], k), ("v", s["v"][layer], v)):
-                        info = meta["tensor_info"][ti]
-                        dest.append(self._decode_one(arrays[ti], kind, desc, s, n, spec, info))
-                        ti += 1
+                k = [Tensor.placeholder(int(t), n, int(e)) for t, e in s["k"]]
+                v = [Tensor.placeholder(int(t), n, int(e), bool(s["v_trans"])) for t, e in s["v"]]
                 out.append(_stream_from_cells(cells[si], s, n, k, v))
                 si += 1
             blocks.append(CacheBlock(out))
-        return KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]))
+        state = KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"])).materialize()
+        for ti, (kind, t, s) in enumerate(_tensors_in_order(state, skeleton)):
+            self._decode_into(arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
+        return state
 
-    def _decode_one(self, arrays, kind, desc, stream, n, spec, info) -> Tensor:
-        type_id, n_embd = int(desc[0]), int(desc[1])
-        transposed = kind == "v" and bool(stream["v_trans"])
-        shape = (stream["n_cells"], n_embd)
+    def decode_tensor_into(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
+                           info: dict, out: np.ndarray, transposed: bool) -> bool:
+        """Write the tensor's first tokens straight into `out`, in llama.cpp's own orientation:
+        (n, e), or (e, n) when transposed (a V cache); uint16 half bits or float32. False
+        when this codec cannot, and decode_tensor's matrix is copied in instead."""
+        return False
+
+    def _decode_into(self, arrays, kind, stream, spec, info, dest: Tensor) -> None:
+        type_id = dest.ggml_type
+        transposed = dest.transposed
+        shape = (stream["n_cells"], dest.n_embd)
+        n = dest.n_cells
+        if type_id != BF16 and self.decode_tensor_into(arrays, kind, spec, shape, info, dest.data.view(
+                np.uint16 if type_id == F16 else np.float32), transposed):
+            return
         out_dtype = np.uint16 if type_id == F16 else np.float32
         flip = transposed != spec.channel_major
         m = self.decode_tensor_flipped(arrays, kind, spec, shape, out_dtype, info) if flip else None
@@ -118,8 +129,18 @@ class TensorCodec(Codec):
             m = _float_to_bf16(m)
         if channel_major != transposed:
             m = kernels.transpose(m)
-        storage = {F16: np.float16, F32: np.float32, BF16: np.uint16}[type_id]
-        return Tensor(type_id, np.ascontiguousarray(m).view(storage), transposed)
+        dest.data.view(m.dtype)[...] = m
+
+
+def _tensors_in_order(state: KVState, skeleton: list):
+    """(kind, Tensor, stream skeleton) in encode order: per stream, layer by layer, K then V."""
+    for block, sk_block in zip(state.blocks, skeleton):
+        for stream, sk in zip(block.streams, sk_block):
+            if stream is None:
+                continue
+            for k, v in zip(stream.k, stream.v):
+                yield "k", k, sk
+                yield "v", v, sk
 
 
 def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:

@@ -15,7 +15,7 @@ from .f16 import count_nonfinite_half, float32_to_half_bits, half_bits_to_float3
 from .hadamard import check_head_dim, hadamard_rows
 from .layout import transpose
 from .pack import _pack_codes, _unpack_codes
-from .quant import _dequantize_cols, _dequantize_rows, _quantize_cols, _quantize_rows
+from .quant import _dequantize_cols, _dequantize_flat_half, _dequantize_rows, _quantize_cols, _quantize_rows
 
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
@@ -98,11 +98,12 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
 
 
 def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
-               transposed: bool = False) -> np.ndarray:
+               transposed: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Quantized -> (n, e) uint16 half bits or float32; n_rows decodes only the first rows.
 
     With axis 'channel', n_rows must end on a group boundary or at the last row.
     transposed=True (axis 'token' only) returns the (e, n) transpose, written directly.
+    out, when given, is the C-contiguous array of that shape and dtype to write into.
     """
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in (np.uint16, np.float32):
@@ -113,10 +114,21 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         raise ValueError(f"n_rows {rows} outside [0, {n}]")
     if transposed and qz.axis != "token":
         raise ValueError("a transposed decode needs per-token groups")
-    out = np.empty((e, rows) if transposed else (rows, e), dtype=out_dtype)
+    shape = (e, rows) if transposed else (rows, e)
+    if out is None:
+        out = np.empty(shape, dtype=out_dtype)
+    elif out.shape != shape or out.dtype != out_dtype or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous {shape} {out_dtype} array, not "
+                         f"{out.shape} {out.dtype}")
     if rows == 0 or e == 0:
         return out
-    zero = qz.zero if qz.zero is not None else np.zeros_like(qz.scale)
+    symmetric = qz.zero is None
+    if qz.axis == "token" and not qz.head_dim and not transposed and e % qz.group == 0 and out_dtype == np.uint16:
+        zero = qz.scale if symmetric else qz.zero  # not read when symmetric
+        q, scale, zero = (np.ascontiguousarray(a[:rows]) for a in (qz.q, qz.scale, zero))
+        _dequantize_flat_half(q.reshape(-1), scale.reshape(-1), zero.reshape(-1), qz.group, symmetric, out.reshape(-1))
+        return out
+    zero = qz.zero if not symmetric else np.zeros_like(qz.scale)
     if qz.axis == "token":
         _dequantize_rows(qz.q[:rows], qz.scale[:rows], zero[:rows], qz.group, qz.head_dim, out, transposed)
     else:
