@@ -19,7 +19,7 @@ from kvcpu.bench.recommend import render as render_recommendation
 from kvcpu.bench.report import machine_line, machine_table, suite_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
-PLOTS_IN_README = {"restore", "quality", "session"}  # the rest are in bench/results/report.md
+PLOTS_IN_README = {"restore", "turn", "quality", "session"}  # the rest are in bench/results/report.md
 
 
 def sections(doc: dict, results_dir: str) -> dict[str, str]:

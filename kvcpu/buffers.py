@@ -28,7 +28,7 @@ _HEADROOM = 1.25  # a conversation grows turn by turn: leave room for the next t
 class BufferPool:
     """Up to `keep` large uint8 buffers, handed out as slices and reused when free."""
 
-    def __init__(self, keep: int = 3, min_bytes: int = 1 << 20):
+    def __init__(self, keep: int = 4, min_bytes: int = 1 << 20):
         self.keep = keep
         self.min_bytes = min_bytes  # smaller requests are cheap to allocate: not pooled
         self._buffers: list[np.ndarray] = []
@@ -40,14 +40,17 @@ class BufferPool:
         if nbytes < self.min_bytes:
             return np.empty(nbytes, dtype=np.uint8)
         with self._lock:
-            smallest_free = None
+            smallest_free = best = None
             for i in range(len(self._buffers)):
                 if sys.getrefcount(self._buffers[i]) > _FREE_REFCOUNT:
                     continue
-                if self._buffers[i].size >= nbytes:
-                    return self._buffers[i][:nbytes]
-                if smallest_free is None or self._buffers[i].size < self._buffers[smallest_free].size:
+                size = self._buffers[i].size
+                if size >= nbytes and (best is None or size < self._buffers[best].size):
+                    best = i  # the smallest that fits: the big ones stay for big states
+                if smallest_free is None or size < self._buffers[smallest_free].size:
                     smallest_free = i
+            if best is not None:
+                return self._buffers[best][:nbytes]
             fresh = _touched(int(nbytes * _HEADROOM))
             self.allocated += 1
             if len(self._buffers) < self.keep:

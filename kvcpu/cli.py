@@ -147,6 +147,7 @@ def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tok
 
     session = Session(model, codec=codec, budget_bytes=budget_mb << 20, policy=policy, n_ctx=n_ctx,
                       disk_dir=store_dir or _default_store_dir(), progress=True)
+    session.warm_up(background=True)  # while the user types the first message
     try:
         if once is not None:
             for chunk in session.chat(conversation, once, max_tokens=max_tokens, temperature=temperature,

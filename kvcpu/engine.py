@@ -255,6 +255,21 @@ class Engine:
             self.llama.n_tokens = len(tokens)
         self._has_logits = False
 
+    def warm_up(self) -> KVState:
+        """Pay a first turn's one-time costs now: llama.cpp's first eval (its compute buffers
+        and threads), and the first touch of every page of the KV cache (cleared with its
+        data). Leaves the cache empty; returns the one-token state it made, for warming codecs."""
+        import llama_cpp
+
+        self.reset()
+        bos = self.llama._model.token_bos()
+        self.eval([bos if bos >= 0 else 0])
+        state = self.get_state()
+        self.set_state(state)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama.ctx), True)
+        self.reset()
+        return state
+
     def truncate(self, n: int) -> None:
         """Keep only the first n tokens of sequence 0."""
         if n <= 0:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from kvcpu import models
 from kvcpu.bench import (
     FORMAT,
+    SUITE_NAMES,
     VERSION,
     BenchConfig,
     Limits,
@@ -250,7 +251,7 @@ def test_readme_figures_are_the_committed_results_file():
     readme = (ROOT / "README.md").read_text()
     rewritten, missing = readme_tool.rewrite(readme, readme_tool.sections(doc, "bench/results"))
     assert not missing and rewritten == readme
-    assert set(doc["suites"]) == {"kernels", "quality", "restore", "eviction", "session", "sharing", "llamacache"}
+    assert set(doc["suites"]) == set(SUITE_NAMES)
     assert doc["options"]["quick"] is False and doc["command"].startswith("kvcpu bench")
     for suite in doc["suites"].values():
         assert all((ROOT / "bench" / "results" / p).is_file() for p in suite["plots"])

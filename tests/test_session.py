@@ -154,3 +154,41 @@ def test_conversations_over_one_document_share_it(model_path):
         assert stats["shared_bases"] == 1 and stats["sharing_saved_bytes"] > 0
         s.chat("a", "And his wife?", max_tokens=8)
         assert s.last_turn.tokens_restored > 250 and s.last_turn.tokens_prefilled < 20
+
+
+def test_a_switch_back_during_the_background_store_finds_the_state(model_path, tmp_path, monkeypatch):
+    """The store runs after the reply, in the background; a turn that needs that state waits
+    for it, and one that does not goes on. The store is slowed down here so that the switch
+    back surely comes before the put has finished (b's turn takes a fraction of its 1.5 s)."""
+    import threading
+    import time
+
+    with Session(model_path, codec="f16", disk_dir=tmp_path / "store", n_ctx=1024) as s:
+        put, started = s.store.put, threading.Event()
+
+        def slow_put(*args, **kw):
+            started.set()
+            time.sleep(1.5)
+            return put(*args, **kw)
+
+        monkeypatch.setattr(s.store, "put", slow_put)
+        s.chat("a", "Describe a lighthouse in two sentences.", max_tokens=MAX)
+        t0 = time.perf_counter()
+        s.chat("b", "Name three colours.", max_tokens=4)  # does not need a's state: no wait
+        assert s.last_turn.waited_ms == 0.0 and s.last_turn.tokens_restored < 30  # the template's opening only
+        assert started.wait(5)
+        s.chat("a", "And at night?", max_tokens=4)  # needs a's state: waits for its put
+        assert s.last_turn.tokens_restored > 30 and s.last_turn.waited_ms > 0
+        assert time.perf_counter() - t0 > 1.5
+    with Session(model_path, codec="f16", disk_dir=tmp_path / "store", n_ctx=1024) as again:  # close flushed
+        again.warm_up()
+        assert again.engine.n_past == 0
+        again.chat("a", "One more?", max_tokens=4)
+        assert again.last_turn.tokens_restored > 30 and again.last_turn.tokens_prefilled < 15
+
+
+def test_max_tokens_below_one_is_refused(session):
+    from kvcpu.errors import KVCPUError
+
+    with pytest.raises(KVCPUError, match="max_tokens"):
+        session.chat("x", "hi", max_tokens=0)

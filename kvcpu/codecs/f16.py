@@ -23,4 +23,4 @@ class F16Codec(Codec):
 
     def decode(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
         state = KVState.from_bytes(packed.sections[0], cell_ext_bytes=packed.meta.get("cell_ext_bytes", 0))
-        return state if n_tokens is None else state.head(n_tokens)
+        return state if n_tokens is None or n_tokens >= state.n_tokens else state.head(n_tokens)

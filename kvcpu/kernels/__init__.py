@@ -6,8 +6,10 @@ functions here check shapes and dtypes, allocate, and call them. Nothing here kn
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .cluster import cosine_to_previous, mean_of_runs
@@ -22,7 +24,7 @@ AXES = ("token", "channel")  # groups along channels within a token, or along to
 __all__ = [
     "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
-    "transpose", "unpack_codes", "unpack_nibbles",
+    "transpose", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
 ]
 
 
@@ -137,6 +139,25 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         g = -(-rows // qz.group)
         _dequantize_cols(qz.q[:rows], qz.scale[:g], zero[:g], qz.group, out)
     return out
+
+
+def use_threads(n: int) -> None:
+    """How many threads the parallel kernels use when called from this thread (Numba's
+    setting is per thread): a background encode takes one and leaves llama.cpp the rest."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+@contextmanager
+def threads(n: int):
+    """use_threads(n) inside the block, and back to what it was after. Right after llama.cpp
+    has evaluated, its threads still hold the cores: a restore decoded on 2 threads took 18-22
+    ms where one thread took 7 (bench/profile_restore.py)."""
+    before = numba.get_num_threads()
+    use_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 PACKABLE_BITS = (1, 2, 4)

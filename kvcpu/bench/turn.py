@@ -1,0 +1,216 @@
+"""Restore where users feel it: inside real chat turns, warm and on the first turn after a start.
+
+For conversations of growing length, in int8 and f16, each measured side by side in one run:
+a warm turn's restore, broken into the store's read (checksum included), the decode and
+llama.cpp's set_state; the time to first token; what the turn's end costs before the next
+message can start, and the background store's encode and put. The cold column is the first
+turn of a fresh process over the same store directory, after Session.warm_up (which chat runs
+while the user types). The ceiling is a memcpy of the same f16 bytes, in the same process.
+Beside it: get_state and set_state throughput by size, and the int8 decode and encode of the
+whole state right after an eval against the same memcpy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..engine import Engine
+from ..session import Session
+from ..snapshot import Snapshot
+from .common import SuiteContext, corpus_tokens, figure, in_fresh_process, markdown_table, pyplot, save_figure
+
+TITLE = "Restore inside a chat turn"
+ASK = "Go on."
+
+
+def params(quick: bool) -> dict:
+    """Conversation lengths, codecs and warm repeats."""
+    if quick:
+        return {"lengths": [500, 2000], "codecs": ["int8", "f16"], "repeat": 3}
+    return {"lengths": [500, 2000, 4000], "codecs": ["int8", "f16"], "repeat": 5}
+
+
+def _memcpy_ms(nbytes: int, repeat: int) -> float:
+    src, dst = np.ones(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
+    return metrics.median_of(lambda: np.copyto(dst, src), repeat) * 1e3
+
+
+def _warm_turns(s: Session, conv: str, repeat: int) -> dict:
+    """Median figures of `repeat` switches back to conv, each after a turn elsewhere."""
+    rows = []
+    for _ in range(repeat):
+        s.chat("filler", "Hello.", max_tokens=2)
+        s.flush()
+        s.chat(conv, ASK, max_tokens=2)
+        t = s.last_turn
+        s.flush()
+        rows.append({"restore_ms": t.restore_ms, "read_ms": t.restore_read_ms, "decode_ms": t.restore_decode_ms,
+                     "set_ms": t.restore_set_ms, "ttft_ms": t.ttft_ms, "save_ms": t.save_ms,
+                     "store_ms": s.last_store.store_ms, "tokens": t.tokens_restored})
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
+def _cold_turn(model_path: str, store_dir: str, conv: str, codec: str, n_ctx: int, out) -> None:
+    """The first turn of a fresh process over a stored conversation (for in_fresh_process)."""
+    t0 = time.perf_counter()
+    with Session(model_path, codec=codec, disk_dir=store_dir, n_ctx=n_ctx, budget_bytes=1 << 30) as s:
+        ready = time.perf_counter()
+        s.warm_up()
+        warm = time.perf_counter()
+        s.chat(conv, ASK, max_tokens=2)
+        t = s.last_turn
+        out.put({"ready_s": ready - t0, "warm_up_s": warm - ready, "ttft_ms": t.ttft_ms, "restore_ms": t.restore_ms,
+                 "tokens": t.tokens_restored})
+
+
+def _state_io(eng: Engine, state, sizes: list[int], repeat: int) -> list[dict]:
+    """get_state and set_state GB/s at each size, from heads of one real state."""
+    rows = []
+    for n in sizes:
+        part = state.head(n)
+        eng.set_state(part)
+        set_ms = metrics.median_of(lambda p=part: eng.set_state(p), repeat) * 1e3
+        get_ms = metrics.median_of(eng.get_state, repeat) * 1e3
+        nbytes = part.nbytes
+        rows.append({"tokens": n, "mb": nbytes / 1e6, "set_ms": set_ms, "get_ms": get_ms,
+                     "set_gbs": nbytes / set_ms / 1e6, "get_gbs": nbytes / get_ms / 1e6})
+    return rows
+
+
+def _after_eval(eng: Engine, state, repeat: int) -> dict:
+    """int8 decode and encode of the whole state right after an eval, against a memcpy."""
+    from .. import kernels
+
+    snap = Snapshot.from_state(state, eng.info.fingerprint, "int8")
+    times = {"decode": [], "encode": []}
+    for _ in range(repeat):
+        for what in times:
+            eng.set_state(state)
+            eng.eval([int(state.tokens[-1])])  # llama.cpp's threads have just run
+            t0 = time.perf_counter()
+            with kernels.threads(1):
+                snap.packed.decode() if what == "decode" else Snapshot.from_state(state, eng.info.fingerprint, "int8")
+            times[what].append((time.perf_counter() - t0) * 1e3)
+    with kernels.threads(1):
+        isolated = metrics.median_of(snap.packed.decode, repeat) * 1e3
+    memcpy = _memcpy_ms(state.kv_nbytes, repeat)
+    out = {"tokens": state.n_tokens, "kv_mb": state.kv_nbytes / 1e6, "memcpy_ms": memcpy,
+           "isolated_decode_ms": isolated}
+    for what, ts in times.items():
+        out[f"{what}_ms"] = float(np.median(ts))
+        out[f"{what}_vs_memcpy"] = memcpy / out[f"{what}_ms"]
+    return out
+
+
+def run(ctx: SuiteContext, lengths: list[int], codecs: list[str], repeat: int) -> dict:
+    """Build each conversation once per codec (one prefill, shared through the engine), then
+    measure warm turns, cold first turns, state I/O and the decode after an eval."""
+    n_ctx = max(lengths) + 256
+    rows, total = [], len(lengths) * len(codecs)
+    with tempfile.TemporaryDirectory() as tmp:
+        eng = Engine.load(ctx.model_path, n_ctx=n_ctx)
+        sessions = {c: Session(eng, codec=c, disk_dir=Path(tmp) / c, budget_bytes=1 << 30) for c in codecs}
+        corpus = eng.detokenize(corpus_tokens(eng, max(lengths))[1:])
+        texts = {n: eng.detokenize(eng.tokenize(corpus, add_bos=False)[: n - 40]) for n in lengths}
+        for n in lengths:
+            ctx.tick(0, 1, f"{n}-token conversation")
+            for c in codecs:  # the first prefills; the others find the engine holding it
+                sessions[c].chat(f"c{n}", "Read this.\n" + texts[n], max_tokens=2)
+        for i, n in enumerate(lengths):
+            for j, c in enumerate(codecs):
+                ctx.tick(i * len(codecs) + j, total, f"{c}, {n} tokens, warm")
+                row = {"codec": c, "length": n, **_warm_turns(sessions[c], f"c{n}", repeat)}
+                nbytes = int(row["tokens"]) * eng.info.kv_bytes_per_token_f16
+                row["memcpy_ms"] = _memcpy_ms(nbytes, repeat)
+                row["restore_vs_memcpy"] = row["restore_ms"] / row["memcpy_ms"]
+                rows.append(row)
+        longest = sessions[codecs[0]]
+        state = longest.store.get(longest.store.longest_prefix(longest.conversations[f"c{max(lengths)}"].tokens,
+                                                               eng.info.fingerprint).key).decode()
+        state = Snapshot.from_state(state, eng.info.fingerprint).decode()  # owns its bytes
+        state_io = _state_io(eng, state, [s for s in (512, 1024, 2048, 3000, 4000) if s <= state.n_tokens], repeat)
+        at = min(2000, state.n_tokens)
+        after_eval = _after_eval(eng, state.head(at), repeat)
+        for s in sessions.values():
+            s.close()
+        eng.close()
+        for row in rows:
+            ctx.tick(total, total, f"{row['codec']}, {row['length']} tokens, cold")
+            cold = in_fresh_process(_cold_turn, str(ctx.model_path), str(Path(tmp) / row["codec"]),
+                                    f"c{row['length']}", row["codec"], n_ctx)
+            row.update({"cold_ttft_ms": cold["ttft_ms"], "cold_restore_ms": cold["restore_ms"],
+                        "cold_ready_s": cold["ready_s"], "cold_warm_up_s": cold["warm_up_s"]})
+            row["cold_vs_warm"] = row["cold_ttft_ms"] / row["ttft_ms"]
+    return {"lengths": lengths, "codecs": codecs, "repeat": repeat, "rows": rows, "state_io": state_io,
+            "after_eval": after_eval}
+
+
+def headline(data: dict) -> dict:
+    """At 2,000 tokens (or the nearest length): restore against memcpy, and cold against warm."""
+    out = {}
+    for row in data["rows"]:
+        if row["length"] != min(data["lengths"], key=lambda n: abs(n - 2000)):
+            continue
+        c, n = row["codec"], row["length"]
+        out[f"{c}_restore_ms"] = figure(row["restore_ms"], "ms", "lower", f"{c} restore in a turn, {n} tokens")
+        out[f"{c}_restore_vs_memcpy"] = figure(row["restore_vs_memcpy"], "x", "lower", f"{c} restore / memcpy")
+        out[f"{c}_cold_vs_warm"] = figure(row["cold_vs_warm"], "x", "lower", f"{c} first turn / warm turn")
+    io = data["state_io"]
+    out["set_state_step"] = figure(io[-1]["set_gbs"] / io[0]["set_gbs"], "x", "higher",
+                                   f"set_state GB/s at {io[-1]['tokens']} / at {io[0]['tokens']}")
+    return out
+
+
+def plot(data: dict, folder) -> list[str]:
+    """A warm restore's parts, stacked, beside the memcpy of the same bytes, per codec and length."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    rows = data["rows"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for key, label in (("read_ms", "store read + checksum"), ("decode_ms", "decode"), ("set_ms", "set_state")):
+        values = np.array([r[key] for r in rows])
+        ax.bar(x, values, 0.6, bottom=bottom, label=label)
+        bottom += values
+    ax.scatter(x, [r["memcpy_ms"] for r in rows], color="black", marker="_", s=600, label="memcpy of its f16 bytes",
+               zorder=3)
+    ax.set_xticks(x, [f"{r['codec']}\n{r['length']}" for r in rows])
+    ax.set_ylabel("ms")
+    ax.set_title("A warm restore inside a chat turn, by part")
+    return [save_figure(fig, ax, folder, "turn.png")]
+
+
+def render(data: dict, short: bool = False) -> str:
+    """The turn table; in full, state I/O and the decode after an eval too."""
+    cols = [("codec|codec", "s"), ("length|tokens", "d"), ("restore_ms|restore (ms)", ".1f"),
+            ("memcpy_ms|memcpy of its f16 bytes (ms)", ".1f"), ("restore_vs_memcpy|restore / memcpy", ".1f"),
+            ("ttft_ms|time to first token, warm (ms)", ",.0f"), ("cold_ttft_ms|first turn after a start (ms)", ",.0f"),
+            ("cold_vs_warm|cold / warm", ".2f"), ("save_ms|after the reply (ms)", ".1f"),
+            ("store_ms|background store (ms)", ",.0f")]
+    if not short:
+        cols[3:3] = [("read_ms|store read + checksum (ms)", ".1f"), ("decode_ms|decode (ms)", ".1f"),
+                     ("set_ms|set_state (ms)", ".1f")]
+        cols.append(("cold_ready_s|chat ready after start (s)", ".2f"))
+    text = (f"Median of {data['repeat']} warm turns (each a switch back from another conversation); the first "
+            "turn after a start is one fresh process, after its warm-up:\n\n" + markdown_table(cols, data["rows"]))
+    if short:
+        return text
+    text += "\n\n![restore inside a turn](turn.png)"
+    io = markdown_table([("tokens|tokens", "d"), ("mb|MB", ".1f"), ("set_ms|set_state (ms)", ".1f"),
+                         ("set_gbs|set_state GB/s", ".2f"), ("get_ms|get_state (ms)", ".1f"),
+                         ("get_gbs|get_state GB/s", ".2f")], data["state_io"])
+    a = data["after_eval"]
+    ae = markdown_table([("tokens|tokens", "d"), ("kv_mb|f16 KV (MB)", ".1f"), ("memcpy_ms|memcpy (ms)", ".1f"),
+                         ("decode_ms|int8 decode after an eval (ms)", ".1f"),
+                         ("decode_vs_memcpy|decode speed / memcpy", ".2f"),
+                         ("encode_ms|int8 encode after an eval (ms)", ".1f"),
+                         ("encode_vs_memcpy|encode speed / memcpy", ".2f"),
+                         ("isolated_decode_ms|decode in isolation (ms)", ".1f")], [a])
+    return f"{text}\n\nllama.cpp's get_state and set_state by size:\n\n{io}\n\nThe whole state's int8 kernels:\n\n{ae}"
