@@ -17,7 +17,7 @@ class F16Codec(Codec):
         return CompressedKV(
             codec=self.name, params=self.params, layout="raw",
             meta={"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes},
-            sections=[state.to_bytes()], tokens=state.tokens, n_tokens=state.n_tokens,
+            sections=[state.serialized()], tokens=state.tokens, n_tokens=state.n_tokens,
             f16_kv_bytes=f16_kv_bytes(state),
         )
 
