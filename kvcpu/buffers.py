@@ -2,10 +2,9 @@
 
 A KV state of a 2,000-token conversation is tens of MB. A fresh buffer of that size comes
 from mmap (glibc serves allocations past 32 MB that way), and every one of its pages faults
-on first touch: measured here, serializing such a state into fresh memory cost 31 ms where
-copying it into a touched buffer cost 5.5 ms, and llama.cpp's set_state and get_state
-slowed 3x past about 1,000 tokens for that reason alone. The pool hands out buffers that
-were touched before.
+on first touch. That alone made llama.cpp's set_state and get_state slow down about 3x
+past 1,000 tokens (the `restore` suite's set_data column before and after this module; the
+`turn` suite's state I/O table). The pool hands out buffers that were touched before.
 
 A buffer is free again once nothing holds a view of it: NumPy views keep a reference to the
 array they view, so the pool sees from a buffer's reference count whether any state, section
@@ -69,11 +68,6 @@ class BufferPool:
         """Bytes the pool holds."""
         with self._lock:
             return sum(b.size for b in self._buffers)
-
-    def clear(self) -> None:
-        """Let go of every pooled buffer (those in use live on with their users)."""
-        with self._lock:
-            self._buffers.clear()
 
 
 def _touched(nbytes: int) -> np.ndarray:

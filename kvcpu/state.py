@@ -193,7 +193,7 @@ class KVState:
                 out[off : off + len(part)] = np.frombuffer(part, np.uint8)
                 off += len(part)
                 continue
-            size = part.data.size * part.data.dtype.itemsize
+            size = part.nbytes
             dest = out[off : off + size].view(part.data.dtype).reshape(part.data.shape)
             if place:
                 part.data = dest
@@ -216,7 +216,7 @@ class KVState:
                 continue
             if part.data.ctypes.data != base + off or not part.data.flags.c_contiguous:
                 return False
-            off += part.data.size * part.data.dtype.itemsize
+            off += part.nbytes
         return off == buf.size
 
     def _parts(self):
@@ -248,7 +248,7 @@ class KVState:
     @property
     def nbytes(self) -> int:
         """Length of to_bytes(), computed without serializing."""
-        return sum(len(p) if isinstance(p, bytes) else p.data.size * p.data.dtype.itemsize for p in self._parts())
+        return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in self._parts())
 
     def tensors(self):
         """Yield (block, stream, layer, 'k'|'v', Tensor) for every tensor."""

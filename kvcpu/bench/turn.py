@@ -132,7 +132,6 @@ def run(ctx: SuiteContext, lengths: list[int], codecs: list[str], repeat: int) -
         longest = sessions[codecs[0]]
         state = longest.store.get(longest.store.longest_prefix(longest.conversations[f"c{max(lengths)}"].tokens,
                                                                eng.info.fingerprint).key).decode()
-        state = Snapshot.from_state(state, eng.info.fingerprint).decode()  # owns its bytes
         state_io = _state_io(eng, state, [s for s in (512, 1024, 2048, 3000, 4000) if s <= state.n_tokens], repeat)
         at = min(2000, state.n_tokens)
         after_eval = _after_eval(eng, state.head(at), repeat)

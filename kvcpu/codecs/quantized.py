@@ -96,6 +96,7 @@ class GroupQuantCodec(TensorCodec):
         return self._dequantize_tokens(arrays, shape, group, out, transposed)
 
     def _dequantize_tokens(self, arrays: dict, shape, group: int, out, transposed: bool) -> bool:
+        """Per-token groups into `out`, (n, e) or (e, n) when transposed; n is out's."""
         codes = arrays["q"]
         q = kernels.unpack_codes(codes, shape[1], self.bits, self._offset) if self.bits < 8 else codes
         qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, "token",
@@ -110,8 +111,6 @@ class GroupQuantCodec(TensorCodec):
         axis, group = self._plan(kind, spec)
         if spec.channel_major or axis != "token":
             return None
-        codes = arrays["q"]
-        q = kernels.unpack_codes(codes, shape[1], self.bits, self._offset) if self.bits < 8 else codes
-        qz = kernels.Quantized(q, arrays["scale"], arrays.get("zero"), self.bits, group, axis,
-                               int(self._p["head_dim"]) if self._p["rotate"] else 0)
-        return kernels.dequantize(qz, out_dtype, transposed=True)
+        out = np.empty((shape[1], arrays["q"].shape[0]), out_dtype)  # every row read, as decode_tensor
+        self._dequantize_tokens(arrays, shape, group, out, transposed=True)
+        return out

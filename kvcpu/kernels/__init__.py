@@ -150,8 +150,8 @@ def use_threads(n: int) -> None:
 @contextmanager
 def threads(n: int):
     """use_threads(n) inside the block, and back to what it was after. Right after llama.cpp
-    has evaluated, its threads still hold the cores: a restore decoded on 2 threads took 18-22
-    ms where one thread took 7 (bench/profile_restore.py)."""
+    has evaluated, its threads still hold the cores, and a restore decoded on 2 threads ran
+    slower than on one (the `turn` suite measures the decode after an eval)."""
     before = numba.get_num_threads()
     use_threads(n)
     try:

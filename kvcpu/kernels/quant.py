@@ -166,7 +166,8 @@ def _dequantize_flat_half(q, scale, zero, group, symmetric, dst):
     and dst (n*e,), scale and zero (n*e/group,). The restore path's kernel for token-major
     tensors. It writes float_to_half inline (through `store` it ran 8x slower), and groups of
     32 get a loop of constant trip count, which LLVM unrolls and vectorizes (4x faster than a
-    loop of `group` iterations): 16 GB/s on one core, measured by bench/profile_restore.py."""
+    loop of `group` iterations, measured while writing it; the `turn` and `kernels` suites
+    measure the decode it serves)."""
     n_groups = scale.shape[0]
     lo, hi = np.float32(-65504.0), np.float32(65504.0)  # saturate, as `store` does
     if group == 32 and symmetric:
