@@ -326,3 +326,19 @@ def test_unknown_policy_is_a_clear_error():
 
     with pytest.raises(KVCPUError, match="unknown eviction policy"):
         make_policy("random", 10)
+
+
+def test_reuse_rate_never_names_a_removed_key_when_a_key_changes_owner():
+    """ann asks for a, then bob does; a is removed. When ann moves on, the key she was last
+    on is gone: nothing she left may become a victim (found by hypothesis in the store's
+    budget test, where a shadow then popped a key it did not hold: KeyError)."""
+    rr = ReuseRate(10_000)
+    rr.on_owner("a", "ann")
+    rr.on_insert("a", 10, 1.0)
+    rr.on_owner("a", "bob")
+    rr.on_access("a", 10, 1.0)
+    rr.on_remove("a")
+    rr.on_owner("b", "ann")
+    rr.on_insert("b", 10, 1.0)
+    assert rr.victim() == "b"
+    assert "a" not in rr.left

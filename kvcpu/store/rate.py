@@ -84,6 +84,9 @@ class ReuseRate(GDLearn):
         if previous is not None and previous != key:
             self.left[previous] = None
         self.left.pop(key, None)  # asked for again: not left after all
+        before = self.owner_of.get(key)
+        if before is not None and before != owner and self.current.get(before) == key:
+            del self.current[before]  # current and owner_of stay each other's inverse, so on_remove clears both
         self.current[owner] = key
         self.owner_of[key] = owner
 
