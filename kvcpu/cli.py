@@ -164,6 +164,41 @@ def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tok
 
 
 @main.command()
+@click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--codec", default="int8", show_default=True, help="Codec of stored snapshots.")
+@click.option("--budget-mb", default=512, show_default=True, help="RAM budget of the store, in MB.")
+@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where KV snapshots persist [default: $KVCPU_HOME/serve].")
+@click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
+@click.option("--n-ctx", default=4096, show_default=True, help="Context size of each engine.")
+@click.option("--threads", type=int, default=None, help="llama.cpp threads per engine [default: all cores].")
+@click.option("--api-key", default=None, envvar="KVCPU_API_KEY", help="Require 'Authorization: Bearer KEY' "
+              "[env KVCPU_API_KEY].")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Engines over the same mapped weights, each serving one request at a time.")
+@click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
+              help="Requests that may wait for an engine; past this, 503 with Retry-After.")
+def serve(model, host, port, codec, budget_mb, store_dir, policy, n_ctx, threads, api_key, parallel,
+          max_queue) -> None:
+    """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
+    from .server import ServeConfig, Server, run
+
+    config = ServeConfig(model=model, host=host, port=port, codec=codec, budget_mb=budget_mb, store_dir=store_dir,
+                         policy=policy, n_ctx=n_ctx, n_threads=threads, api_key=api_key, parallel=parallel,
+                         max_queue=max_queue)
+    if config.exposed and api_key is None:
+        err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
+                  "address can use the server", highlight=False)
+    server = Server(config, progress=True)
+    server.warm_up()
+    err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {config.store_path}, "
+              f"codec {codec}, {parallel} engine{'s' if parallel > 1 else ''})", highlight=False)
+    run(server)
+
+
+@main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def inspect(path: Path) -> None:
     """Print a snapshot's header and the summary of its KV state."""

@@ -9,72 +9,27 @@ re-prefills what is stored.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import threading
-import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jinja2
 import numpy as np
 
-from . import buffers, kernels, metrics
+from . import metrics
 from .engine import Engine, EngineConfig, SamplingConfig
 from .errors import KVCPUError
 from .fileio import atomic_write
 from .snapshot import Snapshot
 from .store import KVStore
-from .store.keys import common_prefix_length
+from .template import ChatFormat
+from .turn import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats, TurnRunner, TurnStats
 
 log = logging.getLogger(__name__)
 
-# What a stored entry is worth to cost-aware eviction: the prefill seconds a hit saves, at
-# SmolLM2's rate on 2 cores (DESIGN.md); only the ratio between entries matters.
-PREFILL_TOKENS_PER_S = 180.0
-MAX_PENDING_STORES = 2  # turns' states waiting for the background store, at most
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@functools.lru_cache(maxsize=8)
-def chat_template(source: str) -> jinja2.Template:
-    """A GGUF chat template (Jinja source), compiled once per distinct source."""
-    return jinja2.Environment(loader=jinja2.BaseLoader()).from_string(source)
-
-
-@dataclass(frozen=True)
-class TurnStats:
-    """What the last turn cost, and where its time went."""
-
-    tokens_restored: int
-    tokens_prefilled: int
-    tokens_generated: int
-    restore_ms: float  # all of the restore: the parts below, and the lookup
-    prefill_ms: float
-    ttft_ms: float
-    decode_tps: float
-    context_shifted: bool
-    restore_read_ms: float = 0.0  # the store's read of the snapshot, its checksum included
-    restore_decode_ms: float = 0.0
-    restore_set_ms: float = 0.0  # llama.cpp's set_state
-    waited_ms: float = 0.0  # for the previous turn's store, when this turn needed its state
-    save_ms: float = 0.0  # after the reply, before the next message can start: get_state and the record
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """What storing a turn's state took, in the background: encode and put."""
-
-    conversation: str
-    tokens: int
-    store_ms: float
-    snapshot_bytes: int  # what the store keeps for this turn (its own part, when a prefix is shared)
+__all__ = ["Conversation", "Session", "StoreStats", "TurnStats", "UnknownConversationError"]
 
 
 @dataclass
@@ -113,16 +68,10 @@ class Session:
         self.codec = codec
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}
-        self.last_turn: TurnStats | None = None
-        self.last_store: StoreStats | None = None
-        # Each turn's state is encoded and stored by one background thread, in turn order, so
-        # that the next message never waits for an encode it does not need. _pending: the
-        # jobs not known to be done, as (the tokens each stores, its future).
-        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvcpu-store")
-        self._pending: list[tuple[np.ndarray, Future]] = []
-        self._pending_lock = threading.Lock()
+        self._saver = BackgroundStore(self.store, codec, self.fingerprint, model_name=self.engine.info.path)
+        self.runner = TurnRunner(self.engine, self.store, self._saver, keep_first)
         self._warming: Future | None = None
-        self._template = chat_template(self.engine.chat_template or CHATML)
+        self._format = ChatFormat.of(self.engine)
         self._conv_dir = Path(self.store.disk.root) / "conversations" if self.store.disk is not None else None
         if self._conv_dir is not None:
             self._conv_dir.mkdir(exist_ok=True)
@@ -171,6 +120,16 @@ class Session:
 
     # -- a turn ----------------------------------------------------------------------------------
 
+    @property
+    def last_turn(self) -> TurnStats | None:
+        """What the last turn cost, and where its time went."""
+        return self.runner.last_turn
+
+    @property
+    def last_store(self) -> StoreStats | None:
+        """What storing the last stored turn took, in the background."""
+        return self._saver.last
+
     def chat(self, conversation_id: str, message: str, *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int | None = None, repeat_penalty: float = 1.1, stream: bool = False):
         """The reply to `message`; with stream=True, an iterator of text chunks as they come."""
@@ -180,45 +139,34 @@ class Session:
         chunks = self._turn(self.new(conversation_id), message, max_tokens, sampling)
         return chunks if stream else "".join(chunks)
 
-    def _turn(self, conv: Conversation, message: str, max_tokens: int, sampling: SamplingConfig) -> Iterator[str]:
+    def _turn(self, conv: Conversation, message: str, max_tokens: int, sampling: SamplingConfig):
         self._wait_for_warm_up()
-        t0 = time.perf_counter()
         messages = conv.messages + [{"role": "user", "content": message}]
-        prompt_text = self._render(messages, True)
-        prompt = self._extend(conv, prompt_text)
-        restored, restore = self._restore(prompt)
-        shifted = self._make_room(prompt, restored, max_tokens)
-        prompt = self.engine.tokens + prompt[restored:] if shifted else prompt
-        base = self.engine.n_past
-        t1 = time.perf_counter()
-        self.engine.eval(prompt[base:])
-        prefill_ms = (time.perf_counter() - t1) * 1e3
-        generated, pending, ttft_ms, t2 = [], b"", 0.0, time.perf_counter()
-        try:
-            for token in self.engine.generate(max_tokens, sampling):
-                if not generated:
-                    ttft_ms = (time.perf_counter() - t0) * 1e3
-                generated.append(token)
-                pending += self.engine.token_bytes([token])
-                text, pending = _complete_utf8(pending)
-                if text:
-                    yield text
-        finally:  # also when the consumer stops early (Ctrl-C): the turn is kept as far as it got
-            decode_s = time.perf_counter() - t2
-            reply = self.engine.detokenize(generated)
-            save_ms = self._finish(conv, messages, prompt_text, reply)
-            self.last_turn = TurnStats(
-                tokens_restored=restored, tokens_prefilled=len(prompt) - base, tokens_generated=len(generated),
-                prefill_ms=prefill_ms, ttft_ms=ttft_ms or (time.perf_counter() - t0) * 1e3,
-                decode_tps=len(generated) / decode_s if decode_s > 0 else 0.0, context_shifted=shifted,
-                save_ms=save_ms, **restore)
-            log.info("turn %s: restored %d tokens in %.1f ms, prefilled %d in %.0f ms, generated %d",
-                     conv.id, restored, restore["restore_ms"], len(prompt) - base, prefill_ms, len(generated))
+        prompt_text = self._format.render(messages, True)
+        closed = {}
 
-    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=generation_prompt,
-                                     bos_token=self.engine.special_text("bos"),
-                                     eos_token=self.engine.special_text("eos"))
+        def finish(reply: str) -> list[int]:
+            """The conversation's tokens after the reply: its closing template tokens evaluated
+            too, so that the stored state is exactly the conversation so far."""
+            closed["messages"] = messages + [{"role": "assistant", "content": reply}]
+            closed["text"] = full = self._format.render(closed["messages"], False)
+            closing = full[len(prompt_text) + len(reply):] if full.startswith(prompt_text + reply) else ""
+            closed["target"] = self.engine.tokens + (self.engine.tokenize(closing, add_bos=False) if closing else [])
+            closed["fallback"] = prompt_text + reply
+            return closed["target"]
+
+        turn = self.runner.start(self._extend(conv, prompt_text), max_tokens, sampling, finish=finish,
+                                 label=conv.id)
+        try:
+            yield from turn
+        finally:  # also when the consumer stops early (Ctrl-C): the turn is kept as far as it got
+            turn.close()
+            if closed:
+                conv.messages, conv.tokens = closed["messages"], turn.tokens
+                conv.text = closed["text"] if turn.tokens == closed["target"] else closed["fallback"]
+                # Written after the state is handed over: a crash before the store lands finds this
+                # record's tokens and restores the longest stored prefix of them (the turn before).
+                self._save_conversation_file(conv)
 
     def _extend(self, conv: Conversation, text: str) -> list[int]:
         """Tokens of `text`: the conversation's own tokens plus the new part, so that what the
@@ -227,134 +175,18 @@ class Session:
             return conv.tokens + self.engine.tokenize(text[len(conv.text):], add_bos=False)
         return self.engine.tokenize(text)
 
-    def _restore(self, prompt: list[int]) -> tuple[int, dict]:
-        """Load the longest stored prefix of the prompt (keeping what the engine already holds
-        when that is longer); returns (tokens restored, TurnStats' restore timings)."""
-        t0 = time.perf_counter()
-        held = self.engine.tokens
-        common = common_prefix_length(held, prompt)
-        waited_ms = self._wait_if_needed(prompt, common)
-        times = {"waited_ms": waited_ms}
-        match = self.store.longest_prefix(prompt[:-1], self.fingerprint)  # at least one token to eval
-        if match is None or match.n_tokens <= common:
-            self.engine.truncate(common)  # what the engine holds already is the longest prefix
-            return common, {**times, "restore_ms": (time.perf_counter() - t0) * 1e3}
-        try:
-            t1 = time.perf_counter()
-            snap = self.store.get(match.key)
-            t2 = time.perf_counter()
-            with kernels.threads(1):  # llama.cpp's threads are still on both cores
-                state = snap.decode(self.fingerprint, n_tokens=match.n_tokens)
-            t3 = time.perf_counter()
-            self.engine.set_state(state)
-            t4 = time.perf_counter()
-        except KVCPUError as exc:
-            log.warning("stored snapshot %s is unusable (%s); prefilling instead", match.key, exc)
-            self.engine.reset()
-            return 0, {**times, "restore_ms": (time.perf_counter() - t0) * 1e3}
-        return match.n_tokens, {**times, "restore_ms": (t4 - t0) * 1e3, "restore_read_ms": (t2 - t1) * 1e3,
-                                "restore_decode_ms": (t3 - t2) * 1e3, "restore_set_ms": (t4 - t3) * 1e3}
-
-    def _wait_if_needed(self, prompt: list[int], common: int) -> float:
-        """Wait for the background store only when this prompt needs the state it is storing
-        (more of it than the engine holds); returns the ms waited."""
-        with self._pending_lock:
-            self._pending = [p for p in self._pending if not p[1].done()]
-            needed = [f for tokens, f in self._pending if common_prefix_length(tokens, prompt) > common]
-        if not needed:
-            return 0.0  # other conversations' states: this turn goes on while they are stored
-        t0 = time.perf_counter()
-        _result_of(needed[-1])  # the jobs run in order: the last one needed means all before it
-        return (time.perf_counter() - t0) * 1e3
-
-    def _make_room(self, prompt: list[int], restored: int, max_tokens: int) -> bool:
-        """When the turn would outgrow n_ctx, drop the middle of what is loaded: keep the first
-        tokens (attention sinks, the system prompt) and the most recent ones."""
-        n_ctx = self.engine.config.n_ctx
-        need = self.engine.n_past + (len(prompt) - restored) + max_tokens - n_ctx
-        if need <= 0:
-            return False
-        keep = min(self.keep_first, self.engine.n_past)
-        droppable = self.engine.n_past - keep
-        if need > droppable:
-            raise KVCPUError(f"the message needs {len(prompt) - restored + max_tokens} tokens, more than "
-                             f"n_ctx={n_ctx} leaves; send a shorter message or lower max_tokens")
-        n_drop = min(droppable, need + n_ctx // 8)  # a little extra, so the next turns fit too
-        self.engine.shift_context(keep, n_drop)
-        return True
-
-    def _finish(self, conv, messages, prompt_text, reply) -> float:
-        """Close the assistant message, remember the conversation, and hand its new state to
-        the background store; returns the ms this took after the closing tokens' eval."""
-        messages = messages + [{"role": "assistant", "content": reply}]
-        full_text = self._render(messages, False)
-        closing = full_text[len(prompt_text) + len(reply):] if full_text.startswith(prompt_text + reply) else ""
-        if closing:  # evaluated now, so that the stored state is exactly the conversation so far
-            closing_tokens = self.engine.tokenize(closing, add_bos=False)
-            if self.engine.n_past + len(closing_tokens) <= self.engine.config.n_ctx:
-                self.engine.eval(closing_tokens)
-        t0 = time.perf_counter()
-        conv.messages, conv.text = messages, full_text if closing else prompt_text + reply
-        conv.tokens = self.engine.tokens
-        state = self.engine.get_state()  # a copy: the engine goes on, the encode works on this
-        with self._pending_lock:
-            self._pending = [p for p in self._pending if not p[1].done()]
-            oldest = self._pending[0][1] if len(self._pending) >= MAX_PENDING_STORES else None
-        if oldest is not None:  # turns come faster than they are stored: hold the states in check
-            _result_of(oldest)
-        future = self._saver.submit(self._store, conv.id, state)
-        with self._pending_lock:
-            self._pending.append((state.tokens, future))
-        # Written after the state is handed over: a crash before the store lands finds this
-        # record's tokens and restores the longest stored prefix of them (the turn before).
-        self._save_conversation_file(conv)
-        return (time.perf_counter() - t0) * 1e3
-
-    def _store(self, conversation_id: str, state) -> None:
-        """The background half of a turn: encode the state and put it into the store."""
-        t0 = time.perf_counter()
-        kernels.use_threads(1)  # leave the other core to llama.cpp, which may be prefilling
-        try:
-            snap = Snapshot.from_state(state, self.fingerprint, self.codec, model_name=self.engine.info.path,
-                                       meta={"conversation": conversation_id})
-            key = self.store.put(snap, cost=len(state.tokens) / PREFILL_TOKENS_PER_S)
-            nbytes = self.store.stored_bytes(key)  # put serialized it once already
-        except KVCPUError as exc:
-            log.warning("could not store the state of %s: %s", conversation_id, exc)
-            nbytes = 0
-        except Exception:  # a bug must not vanish inside a thread
-            log.exception("storing the state of %s failed", conversation_id)
-            raise
-        self.last_store = StoreStats(conversation_id, len(state.tokens), (time.perf_counter() - t0) * 1e3, nbytes)
-
     def flush(self) -> None:
         """Wait until every turn's state is in the store."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        for _, future in pending:
-            _result_of(future)
+        self._saver.flush()
 
     def warm_up(self, background: bool = False) -> None:
-        """Pay what the first turn after a start would: the engine's first eval and its KV
-        pages, the codec's kernels loaded from Numba's cache (encode and decode), and buffers
-        for states of this model's context. With background=True it runs on the store's thread
-        while the user types, and the first turn waits for it only if it comes sooner."""
+        """Pay what the first turn after a start would (TurnRunner.warm_up). With
+        background=True it runs on the store's thread while the user types, and the first turn
+        waits for it only if it comes sooner."""
         if background:
-            self._warming = self._saver.submit(self._warm_up)
+            self._warming = self._saver.run(self.runner.warm_up, self.codec)
         else:
-            self._warm_up()
-
-    def _warm_up(self) -> None:
-        t0 = time.perf_counter()
-        state = self.engine.warm_up()
-        largest = max((e["tokens"] for e in self.store.entries()), default=0)
-        # Buffers for the biggest stored state, touched now: a restore and a save at once.
-        buffers.POOL.reserve(largest * self.engine.info.kv_bytes_per_token_f16 + (1 << 20), count=2)
-        with kernels.threads(1):  # as _restore and _store run them
-            packed = Snapshot.from_state(state, self.fingerprint, self.codec).packed
-            packed.decode()
-            packed.decode(n_tokens=1)
-        log.info("warmed up in %.0f ms", (time.perf_counter() - t0) * 1e3)
+            self.runner.warm_up(self.codec)
 
     def _wait_for_warm_up(self) -> None:
         warming, self._warming = self._warming, None
@@ -416,9 +248,8 @@ class Session:
     def close(self) -> None:
         """Store what is in flight; close what this session opened (an engine or a store
         passed in stays open)."""
-        self.flush()
         self._wait_for_warm_up()
-        self._saver.shutdown(wait=True)
+        self._saver.close()
         if self._owns_store:
             self.store.close()
         if self._owns_engine:
@@ -429,25 +260,6 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _result_of(future: Future) -> None:
-    """Wait for a background job; its failure was logged where it happened (the turn's record
-    is kept, and its state is prefilled when next needed)."""
-    try:
-        future.result()
-    except Exception:
-        pass
-
-
-def _complete_utf8(data: bytes) -> tuple[str, bytes]:
-    """Split bytes into the text of their complete UTF-8 characters and the unfinished rest."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8"), data[cut:]
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace"), b""
 
 
 def _safe(name: str) -> str:

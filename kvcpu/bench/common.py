@@ -111,7 +111,7 @@ def real_state(model_path: Path, n_tokens: int, cache_dir: Path):
 def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """messages as plain llama-cpp-python's chat completion formats them (the GGUF's template).
     llm: a llama_cpp.Llama (from engine.plain_llama)."""
-    from ..session import chat_template
+    from ..template import chat_template
 
     text = chat_template(llm.metadata["tokenizer.chat_template"]).render(messages=messages, add_generation_prompt=True)
     return llm.tokenize(text.encode(), special=True)

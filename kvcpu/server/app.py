@@ -1,0 +1,271 @@
+"""The HTTP face of `kvcpu serve`: OpenAI's routes over the engine pool, on Starlette.
+
+KV reuse needs no conversation id: each request's rendered prompt is looked up by its longest
+stored prefix, exactly as a turn of `Session`, and the state after each reply is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import models
+from ..engine import Engine, EngineConfig
+from ..errors import KVCPUError
+from ..store import KVStore
+from ..turn import BackgroundStore
+from . import protocol as p
+from .pool import EnginePool, Failed, Finished, Job, Started, Text
+from .telemetry import CONTENT_TYPE, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `kvcpu serve` runs: the model, where it listens, and how it keeps KV."""
+
+    model: str = models.DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    codec: str = "int8"
+    budget_mb: int = 512
+    store_dir: Path | None = None  # None: $KVCPU_HOME/serve
+    policy: str = "hybrid"
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    api_key: str | None = None
+    parallel: int = 1
+    max_queue: int = 32  # requests waiting for an engine; past this, 503
+    max_body_bytes: int = 8 << 20
+    graceful_shutdown_s: float = 10.0  # streams in flight at SIGTERM get this long, then are cut
+
+    @property
+    def store_path(self) -> Path:
+        return self.store_dir or models.kvcpu_home() / "serve"
+
+    @property
+    def exposed(self) -> bool:
+        """Whether the server listens beyond this machine's loopback."""
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"
+
+
+class Server:
+    """The engines, the store and the routes of one `kvcpu serve`."""
+
+    def __init__(self, config: ServeConfig, progress: bool = False):
+        self.config = config
+        engine_config = EngineConfig(n_ctx=config.n_ctx, n_threads=config.n_threads)
+        engines = [Engine.from_config(config.model, engine_config, progress=progress)]
+        engines += [Engine.from_config(engines[0].info.path, engine_config) for _ in range(config.parallel - 1)]
+        info = engines[0].info
+        self.model_id = config.model if config.model in models.REGISTRY else Path(info.path).stem
+        self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path}
+        self.store = KVStore(config.budget_mb << 20, policy=config.policy, disk_dir=config.store_path,
+                             codec=config.codec)
+        saver = BackgroundStore(self.store, config.codec, info.fingerprint, model_name=info.path)
+        self.pool = EnginePool(engines, saver, config.max_queue)
+        self.telemetry = Telemetry(self.store, self.pool)
+        self.created = int(Path(info.path).stat().st_mtime)
+
+    def warm_up(self) -> None:
+        """Each engine's first eval and the codec's kernels, before the first request."""
+        self.pool.warm_up(self.config.codec)
+
+    def close(self) -> None:
+        """Finish the turns in flight, store their states, and close the store and engines."""
+        self.pool.close()
+        self.store.close()
+
+    # -- the application -------------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            yield
+            await asyncio.to_thread(self.close)
+
+        app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+            p.APIError: _api_error, HTTPException: _http_error, Exception: _internal_error})
+        return _CountRequests(app, self.telemetry)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, p.parse_chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, p.parse_completion)
+
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def get_model(self, request: Request) -> Response:
+        self._authorize(request)
+        self._check_model(request.path_params["model_id"])
+        return JSONResponse(self._model_card())
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.model_id, "engines": len(self.pool.workers),
+                             "busy": self.pool.busy, "queued": self.pool.waiting})
+
+    async def metrics(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await asyncio.to_thread(self.telemetry.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    def _model_card(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "kvcpu"}
+
+    # -- one generation --------------------------------------------------------------------------
+
+    async def _generate(self, request: Request, parse) -> Response:
+        t0 = time.perf_counter()
+        self._authorize(request)
+        req = parse(p.parse_json(await self._read_body(request)))
+        self._check_model(req.model)
+        job = await self.pool.submit(req)
+        first = await job.next()
+        if isinstance(first, Failed):
+            raise _as_api_error(first.error)
+        assert isinstance(first, Started)
+        rid, created = p.new_id(req.is_chat), p.now()
+        if req.stream:
+            return StreamingResponse(self._stream(req, job, rid, created, t0), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        texts, ttft = [], None
+        while True:
+            event = await job.next()
+            if isinstance(event, Text):
+                ttft = ttft or time.perf_counter() - t0
+                texts.append(event.text)
+            elif isinstance(event, Failed):
+                raise _as_api_error(event.error)
+            else:
+                use = self._finished(event, ttft)
+                return JSONResponse(p.reply(req, rid, created, self.model_id, "".join(texts),
+                                            event.turn.finish_reason, use))
+
+    async def _stream(self, req: p.GenerationRequest, job: Job, rid: str, created: int, t0: float):
+        ttft = None
+        try:
+            yield p.sse(p.chunk(req, rid, created, self.model_id, text="", first=True))
+            while True:
+                event = await job.next()
+                if isinstance(event, Text):
+                    ttft = ttft or time.perf_counter() - t0
+                    yield p.sse(p.chunk(req, rid, created, self.model_id, text=event.text))
+                elif isinstance(event, Failed):
+                    yield p.sse(_as_api_error(event.error).body())
+                    break
+                elif isinstance(event, Finished):
+                    use = self._finished(event, ttft)
+                    yield p.sse(p.chunk(req, rid, created, self.model_id, finish_reason=event.turn.finish_reason))
+                    if req.include_usage:
+                        yield p.sse(p.chunk(req, rid, created, self.model_id, use=use))
+                    break
+            yield p.sse("[DONE]")
+        finally:  # the client left, or the server is cutting streams: stop generating, keep the state
+            job.cancel()
+
+    def _finished(self, event: Finished, ttft: float | None) -> dict:
+        s = event.turn.stats
+        self.telemetry.turn(s.tokens_restored, s.tokens_prefilled, s.tokens_generated, ttft)
+        return p.usage(event.prompt_tokens, s.tokens_generated, min(s.tokens_restored, event.prompt_tokens))
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+            raise p.APIError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
+                             type="invalid_request_error", code="invalid_api_key")
+
+    def _check_model(self, name: str) -> None:
+        if name not in self.model_names:
+            raise p.APIError(404, f"the model {name!r} does not exist here; this server runs {self.model_id!r}",
+                             param="model", code="model_not_found")
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise p.APIError(413, f"the request body of {int(declared):,} bytes exceeds the limit of {limit:,}")
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise p.APIError(413, f"the request body exceeds the limit of {limit:,} bytes")
+        return bytes(body)
+
+
+def _as_api_error(exc: Exception) -> p.APIError:
+    if isinstance(exc, p.APIError):
+        return exc
+    if isinstance(exc, KVCPUError):
+        return p.APIError(400, str(exc))
+    log.error("a request failed: %r", exc)
+    return p.APIError(500, "the server failed to answer this request", type="server_error")
+
+
+async def _api_error(request: Request, exc: p.APIError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error", "param": None,
+                                   "code": None}}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(_as_api_error(exc).body(), status_code=500)
+
+
+class _CountRequests:
+    """ASGI middleware: counts every HTTP response by route and status."""
+
+    def __init__(self, app, telemetry: Telemetry):
+        self.app, self.telemetry = app, telemetry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = path if path in _KNOWN else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.telemetry.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+_KNOWN = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"}

@@ -1,0 +1,184 @@
+"""Engines behind the server: each serves one request at a time on its own thread; requests
+wait in one bounded queue for whichever engine is free.
+
+Every request swaps its conversation's KV in and out through the shared store (TurnRunner),
+so a request never depends on which engine served the one before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..engine import Engine, SamplingConfig
+from ..errors import KVCPUError
+from ..template import ChatFormat
+from ..turn import BackgroundStore, Turn, TurnRunner
+from .protocol import APIError, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request is on an engine: its prompt was tokenized and fits."""
+
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    turn: Turn
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception
+
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """A request on an engine: `next()` gives Started (or Failed), then Text pieces, then
+    Finished; `cancel()` stops its generation, keeping the state so far."""
+
+    def __init__(self, events: asyncio.Queue):
+        self.events = events
+        self.cancelled = threading.Event()
+
+    async def next(self) -> Started | Text | Finished | Failed:
+        return await self.events.get()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Worker:
+    """One engine, its turn runner, and the one thread that drives it."""
+
+    def __init__(self, engine: Engine, runner: TurnRunner, index: int):
+        self.engine, self.runner = engine, runner
+        self.format = ChatFormat.of(engine)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kvcpu-engine{index}")
+
+
+class EnginePool:
+    """N engines over one model and one store, and the queue in front of them."""
+
+    def __init__(self, engines: list[Engine], saver: BackgroundStore, max_queue: int, keep_first: int = 32):
+        self.saver, self.max_queue = saver, max_queue
+        self.workers = [_Worker(e, TurnRunner(e, saver.store, saver, keep_first), i) for i, e in enumerate(engines)]
+        self.n_ctx = engines[0].config.n_ctx
+        self.waiting = 0  # requests queued for an engine
+        self.busy = 0
+        self._free: asyncio.Queue | None = None
+
+    def _free_queue(self) -> asyncio.Queue:
+        if self._free is None:  # made inside the server's event loop
+            self._free = asyncio.Queue()
+            for w in self.workers:
+                self._free.put_nowait(w)
+        return self._free
+
+    async def submit(self, req: GenerationRequest) -> Job:
+        """Queue a request for the next free engine and start it there; a full queue answers 503."""
+        free = self._free_queue()
+        if free.empty() and self.waiting >= self.max_queue:
+            raise APIError(503, f"the server is busy: {self.waiting} requests are queued already; retry later",
+                           type="server_error", code="overloaded", headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            worker = await free.get()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
+        loop = asyncio.get_running_loop()
+        job = Job(asyncio.Queue())
+
+        def emit(event) -> None:
+            loop.call_soon_threadsafe(job.events.put_nowait, event)
+
+        def release(_) -> None:  # the engine is free only once its thread is done with the turn
+            self.busy -= 1
+            free.put_nowait(worker)
+
+        done = loop.run_in_executor(worker.thread, _drive, worker, req, self.n_ctx, emit, job.cancelled)
+        done.add_done_callback(release)
+        return job
+
+    def warm_up(self, codec: str) -> None:
+        for w in self.workers:
+            w.thread.submit(w.runner.warm_up, codec).result()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.thread.shutdown(wait=True)
+        self.saver.close()
+        for w in self.workers:
+            w.engine.close()
+
+
+def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: threading.Event) -> None:
+    """On the engine's thread: tokenize, check the context, run the turn, emit its pieces."""
+    try:
+        turn, n_prompt, max_tokens = _start(worker, req, n_ctx)
+    except (KVCPUError, ValueError) as exc:
+        emit(Failed(exc))
+        return
+    emit(Started(n_prompt, max_tokens))
+    try:
+        for text in turn:
+            if cancel.is_set():
+                break
+            emit(Text(text))
+    except Exception as exc:  # the turn failed midway: the client hears of it, the server goes on
+        log.exception("a turn failed")
+        emit(Failed(exc))
+        return
+    finally:
+        turn.close()
+    emit(Finished(turn, n_prompt))
+
+
+def _start(worker: _Worker, req: GenerationRequest, n_ctx: int) -> tuple[Turn, int, int]:
+    eng = worker.engine
+    if req.is_chat:
+        messages = list(req.messages)
+        prompt_text = worker.format.render(messages, True)
+        prompt = eng.tokenize(prompt_text)
+
+        def finish(reply: str) -> list[int]:  # the conversation as the client will send it next time
+            return eng.tokenize(worker.format.render(messages + [{"role": "assistant", "content": reply}], False))
+    elif isinstance(req.prompt, str):
+        prompt_text = req.prompt
+        prompt = eng.tokenize(prompt_text)
+
+        def finish(reply: str) -> list[int]:
+            return eng.tokenize(prompt_text + reply)
+    else:
+        prompt, finish = list(req.prompt), None
+        if max(prompt) >= eng.info.n_vocab:
+            raise APIError(400, f"token id {max(prompt)} is out of the vocabulary (n_vocab={eng.info.n_vocab})",
+                           param="prompt")
+    room = n_ctx - len(prompt)
+    if room < 1:
+        raise APIError(400, f"this model's context is {n_ctx} tokens, but the prompt has {len(prompt)} tokens; "
+                            "shorten it", param="messages" if req.is_chat else "prompt",
+                       code="context_length_exceeded")
+    if req.max_tokens is not None and req.max_tokens > room:
+        raise APIError(400, f"this model's context is {n_ctx} tokens: the prompt's {len(prompt)} tokens plus "
+                            f"max_tokens={req.max_tokens} exceed it; ask for at most {room}",
+                       param="max_tokens", code="context_length_exceeded")
+    max_tokens = req.max_tokens or room
+    sampling = SamplingConfig(req.temperature, top_p=req.top_p, seed=req.seed)
+    turn = worker.runner.start(prompt, max_tokens, sampling, stop=req.stop, finish=finish, owner=req.user)
+    return turn, len(prompt), max_tokens

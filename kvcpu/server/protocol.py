@@ -1,0 +1,216 @@
+"""OpenAI's HTTP shapes: requests parsed and checked into GenerationRequest, replies built.
+
+Everything a client may get wrong is refused here with an OpenAI-style error (APIError), so
+that nothing past this module sees a field of the wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..errors import KVCPUError
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+MAX_STOPS = 4
+
+
+class APIError(KVCPUError):
+    """An error answered with an HTTP status and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat or completion request, checked: `messages` for chat, `prompt` for completions
+    (a string, or token ids)."""
+
+    model: str
+    messages: tuple[dict, ...] | None
+    prompt: str | tuple[int, ...] | None
+    max_tokens: int | None  # None: what the context leaves
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    user: str | None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+def parse_json(raw: bytes) -> dict:
+    """The request body as a JSON object."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+def parse_chat(body: dict) -> GenerationRequest:
+    """A /v1/chat/completions body."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty array", param="messages")
+    checked = tuple(_message(m, i) for i, m in enumerate(messages))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    return _common(body, messages=checked, prompt=None, max_tokens=max_tokens)
+
+
+def parse_completion(body: dict) -> GenerationRequest:
+    """A /v1/completions body: `prompt` is a string, one string in an array, or token ids."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+        prompt = tuple(prompt)
+    elif not isinstance(prompt, str) or not prompt:
+        raise APIError(400, "'prompt' must be a non-empty string, or an array of token ids", param="prompt")
+    return _common(body, messages=None, prompt=prompt, max_tokens=body.get("max_tokens"))
+
+
+def _message(m, i: int) -> dict:
+    if not isinstance(m, dict):
+        raise APIError(400, f"messages[{i}] must be an object", param=f"messages[{i}]")
+    role, content = m.get("role"), m.get("content")
+    if role not in ROLES:
+        raise APIError(400, f"messages[{i}].role must be one of {sorted(ROLES)}, not {role!r}",
+                       param=f"messages[{i}].role")
+    if isinstance(content, list):  # content parts: text only
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"messages[{i}].content: only text parts are supported",
+                               param=f"messages[{i}].content")
+            texts.append(part["text"])
+        content = "".join(texts)
+    elif content is None and role == "assistant":
+        content = ""
+    if not isinstance(content, str):
+        raise APIError(400, f"messages[{i}].content must be a string or an array of text parts",
+                       param=f"messages[{i}].content")
+    return {"role": "system" if role == "developer" else role, "content": content}
+
+
+def _common(body: dict, *, messages, prompt, max_tokens) -> GenerationRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' must be a non-empty string", param="model")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise APIError(400, f"'max_tokens' must be an integer of at least 1, not {max_tokens!r}", param="max_tokens")
+    n = body.get("n", 1)
+    if n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    stop = body.get("stop")
+    stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or len(stop) > MAX_STOPS or not all(isinstance(s, str) for s in stop):
+        raise APIError(400, f"'stop' must be a string or an array of at most {MAX_STOPS} strings", param="stop")
+    stream = _typed(body, "stream", bool, False)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "'stream_options' must be an object", param="stream_options")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise APIError(400, "'seed' must be an integer", param="seed")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise APIError(400, "'user' must be a string", param="user")
+    return GenerationRequest(
+        model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        seed=seed, stop=tuple(stop), stream=stream, include_usage=bool(options.get("include_usage")), user=user)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _typed(body: dict, name: str, kind: type, default):
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise APIError(400, f"'{name}' must be a {kind.__name__}", param=name)
+    return value
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise APIError(400, f"'{name}' must be a number from {lo} to {hi}, not {value!r}", param=name)
+    return float(value)
+
+
+# -- replies ------------------------------------------------------------------------------------
+
+
+def new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    """OpenAI's usage, with the prompt tokens restored instead of prefilled as cached_tokens."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def reply(req: GenerationRequest, rid: str, created: int, model: str, text: str, finish_reason: str,
+          use: dict) -> dict:
+    """The whole (non-streamed) answer."""
+    if req.is_chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": finish_reason}
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [choice], "usage": use}
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice],
+            "usage": use}
+
+
+def chunk(req: GenerationRequest, rid: str, created: int, model: str, text: str | None = None,
+          finish_reason: str | None = None, first: bool = False, use: dict | None = None) -> dict:
+    """One streamed piece: text, or the finish reason, or (with include_usage) the usage."""
+    if req.is_chat:
+        delta = {} if text is None else {"content": text}
+        if first:
+            delta = {"role": "assistant", **delta}
+        choices = [] if use is not None else [{"index": 0, "delta": delta, "logprobs": None,
+                                               "finish_reason": finish_reason}]
+        out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
+    else:
+        choices = [] if use is not None else [{"index": 0, "text": text or "", "logprobs": None,
+                                               "finish_reason": finish_reason}]
+        out = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    if use is not None:
+        out["usage"] = use
+    return out
+
+
+def sse(data: dict | str) -> bytes:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def now() -> int:
+    return int(time.time())
