@@ -1,4 +1,4 @@
-"""Measuring what a lossy codec costs, by DESIGN.md's protocol.
+"""Measuring what a lossy codec costs, by docs/design.md's protocol.
 
 Prefill a prefix P and keep its state. The reference evaluates a continuation C on the exact
 state; the candidate evaluates the same C on the encoded-then-decoded state. Compare the

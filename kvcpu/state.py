@@ -1,7 +1,7 @@
 """KVState: llama.cpp sequence-state bytes parsed into arrays, and serialized back bit-exactly.
 
 The byte layout is the one written by llama_state_seq_get_data in the pinned
-llama-cpp-python (see DESIGN.md). The parser checks every structural field and
+llama-cpp-python (see docs/design.md). The parser checks every structural field and
 refuses, with StateFormatError, anything it cannot interpret exactly.
 """
 

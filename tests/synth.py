@@ -1,6 +1,6 @@
 """An independent writer of llama.cpp sequence-state bytes, for synthetic states in tests.
 
-It follows DESIGN.md's layout with plain struct calls, sharing no code with kvcpu.state.
+It follows docs/design.md's layout with plain struct calls, sharing no code with kvcpu.state.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The module boundaries DESIGN.md draws, checked on the source."""
+"""The module boundaries docs/design.md draws, checked on the source."""
 
 from __future__ import annotations
 
@@ -40,3 +40,16 @@ def test_the_kvcpu_command_does_not_load_the_benchmarks_to_start():
     code = "import sys, kvcpu.cli; print(sorted(m for m in sys.modules if m.startswith('kvcpu.bench.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_layers_import_only_downward():
+    """The store knows nothing of turns, sessions or the server; a turn nothing of who runs it."""
+    rules = {"store": ("engine", "turn", "session", "server", "chat", "cli"),
+             "turn.py": ("session", "server", "chat", "cli"),
+             "session.py": ("server", "chat", "cli"),
+             "server": ("session", "chat", "cli")}
+    for where, forbidden in rules.items():
+        paths = (PACKAGE / where).rglob("*.py") if (PACKAGE / where).is_dir() else [PACKAGE / where]
+        for path in paths:
+            for mod in imported_modules(path):
+                assert not any(word in mod.split(".") for word in forbidden), f"{path.name} imports {mod}"

@@ -1,4 +1,4 @@
-"""Quality of every codec on the real model, by DESIGN.md's protocol.
+"""Quality of every codec on the real model, by docs/design.md's protocol.
 
 Prefix P and continuation C come from the prose kvcpu ships. Each codec's decoded state is
 compared with the exact state on the same attention path. In the same run llama.cpp's own

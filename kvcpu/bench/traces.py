@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 BYTES_PER_TOKEN = 12_255  # SmolLM2's f16 23,040 B/token at int8's 1.88x (the quality suite)
-PREFILL_TOK_S = 180.0  # SmolLM2 on 2 cores (DESIGN.md)
+PREFILL_TOK_S = 180.0  # SmolLM2 on 2 cores (docs/design.md)
 
 
 def prefill_cost(tokens: int) -> float:
