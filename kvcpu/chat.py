@@ -8,6 +8,7 @@ already in the store (and on disk, with a store directory).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import IO
 
@@ -42,11 +43,18 @@ class ChatLoop:
     def __init__(self, session: Session, stdin: IO[str], stdout: IO[str], config: ChatConfig = ChatConfig()):
         self.session, self.stdin, self.out, self.config = session, stdin, stdout, config
         self.current = config.conversation
+        self.mid_line = False  # a reply is being written and its line is not finished
         session.new(self.current)
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
         self.out.flush()
+        self.mid_line = False
+
+    def log_handler(self, stream: IO[str]) -> logging.Handler:
+        """A handler for kvcpu's log that puts each message on a line of its own, also when it
+        comes (from the background store) in the middle of a reply."""
+        return _OwnLineHandler(self, stream)
 
     def run(self) -> None:
         if self.config.interactive:
@@ -84,6 +92,7 @@ class ChatLoop:
             for chunk in chunks:
                 self.out.write(chunk)
                 self.out.flush()
+                self.mid_line = True
         except KeyboardInterrupt:
             chunks.close()  # the turn keeps what was generated so far
             self.out.write(" [stopped]")
@@ -150,3 +159,15 @@ class ChatLoop:
 
     def cmd_quit(self, arg: str) -> str:
         return "quit"
+
+
+class _OwnLineHandler(logging.StreamHandler):
+    def __init__(self, loop: ChatLoop, stream: IO[str]):
+        super().__init__(stream)
+        self.loop = loop
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        text = text[: len(record.levelname)].lower() + text[len(record.levelname):]
+        return ("\n" if self.loop.mid_line else "") + text

@@ -92,6 +92,8 @@ def store_stats(directory: Path | None) -> None:
     table.add_row("directory", str(directory or _default_store_dir()))
     table.add_row("entries", f"{s['entries']:,}")
     table.add_row("bytes on disk", f"{s['disk_bytes']:,}")
+    table.add_row("disk budget", f"{s['disk_budget_bytes']:,} by default (half of the entries and the free space; "
+                  "chat and serve take --disk-budget-mb)")
     lookups, hits = totals.get("lookups", 0), totals.get("hits", 0)
     table.add_row("lookups / hits", f"{lookups:,} / {hits:,} ({hits / max(lookups, 1):.1%})")
     table.add_row("puts", f"{totals.get('puts', 0):,}")
@@ -133,34 +135,51 @@ def store_gc(directory: Path | None, verify: bool) -> None:
 @click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
 @click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where conversations persist [default: $KVCPU_HOME/store].")
+@click.option("--disk-budget-mb", type=click.IntRange(min=1), default=None,
+              help="Disk budget of the store, in MB [default: half of its entries and the free space].")
 @click.option("--conversation", default="default", show_default=True, help="Conversation to start in.")
 @click.option("--once", "once", default=None, metavar="MESSAGE", help="Print one reply to MESSAGE and exit.")
-@click.option("--max-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
+@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Longest reply, in tokens.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--repeat-penalty", default=1.1, show_default=True, help="Above 1 discourages repeating recent tokens.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size; longer conversations shift.")
-def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tokens, temperature, repeat_penalty,
-         n_ctx) -> None:
+def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversation, once, max_tokens, temperature,
+         repeat_penalty, n_ctx) -> None:
     """Chat with a local model; every conversation resumes from its stored KV state."""
     from .chat import ChatConfig, ChatLoop
     from .session import Session
+    from .store import KVStore
+    from .store.disk import StoreDiskError
 
-    session = Session(model, codec=codec, budget_bytes=budget_mb << 20, policy=policy, n_ctx=n_ctx,
-                      disk_dir=store_dir or _default_store_dir(), progress=True)
+    directory = store_dir or _default_store_dir()
+    try:
+        store = KVStore(budget_mb << 20, policy=policy, disk_dir=directory, codec=codec,
+                        disk_budget_bytes=disk_budget_mb << 20 if disk_budget_mb else None)
+    except StoreDiskError as exc:
+        err.print(f"[bold yellow]warning:[/] {exc}; going on with RAM only: conversations will not persist",
+                  highlight=False)
+        store = KVStore(budget_mb << 20, policy=policy, codec=codec)
+    session = Session(model, codec=codec, store=store, n_ctx=n_ctx, progress=True)
     session.warm_up(background=True)  # while the user types the first message
+    config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
+                        repeat_penalty=repeat_penalty, interactive=sys.stdin.isatty() and once is None)
+    loop = ChatLoop(session, sys.stdin, sys.stdout, config)
+    kvcpu_log = logging.getLogger("kvcpu")
+    handler = loop.log_handler(sys.stderr)
+    handler.setLevel(logging.getLogger().level)
+    kvcpu_log.addHandler(handler)
+    kvcpu_log.propagate = False  # its messages go through the handler that keeps replies whole
     try:
         if once is not None:
-            for chunk in session.chat(conversation, once, max_tokens=max_tokens, temperature=temperature,
-                                      repeat_penalty=repeat_penalty, stream=True):
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            return
-        config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
-                            repeat_penalty=repeat_penalty, interactive=sys.stdin.isatty())
-        ChatLoop(session, sys.stdin, sys.stdout, config).run()
+            loop.reply(once)
+        else:
+            loop.run()
     finally:
         session.close()
+        store.close()
+        kvcpu_log.removeHandler(handler)
+        kvcpu_log.propagate = True
 
 
 @main.command()
@@ -171,6 +190,8 @@ def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tok
 @click.option("--budget-mb", default=512, show_default=True, help="RAM budget of the store, in MB.")
 @click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where KV snapshots persist [default: $KVCPU_HOME/serve].")
+@click.option("--disk-budget-mb", type=click.IntRange(min=1), default=None,
+              help="Disk budget of the store, in MB [default: half of its entries and the free space].")
 @click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size of each engine.")
 @click.option("--threads", type=int, default=None, help="llama.cpp threads per engine [default: all cores].")
@@ -180,14 +201,14 @@ def chat(model, codec, budget_mb, policy, store_dir, conversation, once, max_tok
               help="Engines over the same mapped weights, each serving one request at a time.")
 @click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for an engine; past this, 503 with Retry-After.")
-def serve(model, host, port, codec, budget_mb, store_dir, policy, n_ctx, threads, api_key, parallel,
+def serve(model, host, port, codec, budget_mb, store_dir, disk_budget_mb, policy, n_ctx, threads, api_key, parallel,
           max_queue) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, Server, run
 
     config = ServeConfig(model=model, host=host, port=port, codec=codec, budget_mb=budget_mb, store_dir=store_dir,
-                         policy=policy, n_ctx=n_ctx, n_threads=threads, api_key=api_key, parallel=parallel,
-                         max_queue=max_queue)
+                         disk_budget_mb=disk_budget_mb, policy=policy, n_ctx=n_ctx, n_threads=threads,
+                         api_key=api_key, parallel=parallel, max_queue=max_queue)
     if config.exposed and api_key is None:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)

@@ -9,7 +9,6 @@ re-prefills what is stored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import Future
@@ -21,11 +20,11 @@ import numpy as np
 from . import metrics
 from .engine import Engine, EngineConfig, SamplingConfig
 from .errors import KVCPUError
-from .fileio import atomic_write
+from .records import RecordError, Records
 from .snapshot import Snapshot
 from .store import KVStore
 from .template import ChatFormat
-from .turn import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats, TurnRunner, TurnStats
+from .turn import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats, TurnRunner, TurnStats, interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,10 @@ class Session:
         self.runner = TurnRunner(self.engine, self.store, self._saver, keep_first)
         self._warming: Future | None = None
         self._format = ChatFormat.of(self.engine)
-        self._conv_dir = Path(self.store.disk.root) / "conversations" if self.store.disk is not None else None
-        if self._conv_dir is not None:
-            self._conv_dir.mkdir(exist_ok=True)
-            for path in sorted(self._conv_dir.glob("*.json")):
-                self._load_conversation_file(path)
+        self._records = Records(Path(self.store.disk.root) / "conversations") if self.store.disk is not None else None
+        self._record_failing = False
+        for record in self._records.load_all() if self._records is not None else ():
+            self.conversations[record["id"]] = Conversation(**record)
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -101,8 +99,8 @@ class Session:
         if key is not None:
             self.store.delete(key)
         del self.conversations[conversation_id]
-        if self._conv_dir is not None:
-            (self._conv_dir / f"{_safe(conversation_id)}.json").unlink(missing_ok=True)
+        if self._records is not None:
+            self._records.delete(conversation_id)
 
     def list(self) -> list[dict]:
         """One row per conversation: turns, tokens, and where its snapshot is."""
@@ -156,17 +154,18 @@ class Session:
             return closed["target"]
 
         turn = self.runner.start(self._extend(conv, prompt_text), max_tokens, sampling, finish=finish,
-                                 label=conv.id)
+                                 label=conv.id, replaces=list(conv.tokens))
         try:
             yield from turn
         finally:  # also when the consumer stops early (Ctrl-C): the turn is kept as far as it got
-            turn.close()
-            if closed:
-                conv.messages, conv.tokens = closed["messages"], turn.tokens
-                conv.text = closed["text"] if turn.tokens == closed["target"] else closed["fallback"]
-                # Written after the state is handed over: a crash before the store lands finds this
-                # record's tokens and restores the longest stored prefix of them (the turn before).
-                self._save_conversation_file(conv)
+            with interrupts_deferred():
+                turn.close()
+                if closed:
+                    conv.messages, conv.tokens = closed["messages"], turn.tokens or self.engine.tokens
+                    conv.text = closed["text"] if conv.tokens == closed["target"] else closed["fallback"]
+                    # Written after the state is handed over: a crash before the store lands finds this
+                    # record's tokens and restores the longest stored prefix of them (the turn before).
+                    self._save_conversation_file(conv)
 
     def _extend(self, conv: Conversation, text: str) -> list[int]:
         """Tokens of `text`: the conversation's own tokens plus the new part, so that what the
@@ -196,18 +195,18 @@ class Session:
     # -- persistence -----------------------------------------------------------------------------
 
     def _save_conversation_file(self, conv: Conversation) -> None:
-        if self._conv_dir is not None:
-            atomic_write(self._conv_dir / f"{_safe(conv.id)}.json", json.dumps(conv.to_json()).encode())
-
-    def _load_conversation_file(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text())
-            conv = Conversation(str(data["id"]), list(data["messages"]), [int(t) for t in data["tokens"]],
-                                str(data["text"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping unreadable conversation file %s: %s", path, exc)
+        """Write the conversation's record; when the disk refuses, warn once and go on with the
+        conversation in memory (its state is stored apart)."""
+        if self._records is None:
             return
-        self.conversations[conv.id] = conv
+        try:
+            self._records.save(conv.to_json())
+        except RecordError as exc:
+            if not self._record_failing:
+                log.warning("%s; the conversation goes on in memory", exc)
+            self._record_failing = True
+        else:
+            self._record_failing = False
 
     def save_conversation(self, conversation_id: str, path: str | os.PathLike) -> int:
         """One file with the conversation's messages and its snapshot; resumable elsewhere."""
@@ -260,7 +259,3 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"

@@ -9,7 +9,9 @@ encode it does not need.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +33,26 @@ log = logging.getLogger(__name__)
 # SmolLM2's rate on 2 cores (docs/design.md); only the ratio between entries matters.
 PREFILL_TOKENS_PER_S = 180.0
 MAX_PENDING_STORES = 2  # turns' states waiting for the background store, at most
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C inside the block waits until the block is done: a turn whose reply was shown is
+    recorded and stored whole. In the main thread only; elsewhere signals never arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
 
 
 class ContextFullError(KVCPUError):
@@ -80,15 +102,18 @@ class BackgroundStore:
         self._pending: list[tuple[np.ndarray, Future]] = []
         self._lock = threading.Lock()
 
-    def submit(self, state, label: str, owner=None, meta: dict | None = None) -> None:
+    def submit(self, state, label: str, owner=None, meta: dict | None = None,
+               replaces: list[int] | None = None) -> None:
         """Store `state` in the background; when states come faster than they are stored,
-        first wait for the oldest, so that at most MAX_PENDING_STORES are held."""
+        first wait for the oldest, so that at most MAX_PENDING_STORES are held. `replaces`: the
+        tokens of the entry this state succeeds (the conversation's last, after a context
+        shift), dropped once the new one is in."""
         with self._lock:
             self._pending = [p for p in self._pending if not p[1].done()]
             oldest = self._pending[0][1] if len(self._pending) >= MAX_PENDING_STORES else None
         if oldest is not None:
             _result_of(oldest)
-        future = self._executor.submit(self._store, state, label, owner, meta or {})
+        future = self._executor.submit(self._store, state, label, owner, meta or {}, replaces)
         with self._lock:
             self._pending.append((state.tokens, future))
 
@@ -119,13 +144,14 @@ class BackgroundStore:
         self.flush()
         self._executor.shutdown(wait=True)
 
-    def _store(self, state, label: str, owner, meta: dict) -> None:
+    def _store(self, state, label: str, owner, meta: dict, replaces) -> None:
         t0 = time.perf_counter()
         kernels.use_threads(1)  # leave the other core to llama.cpp, which may be prefilling
         try:
             snap = Snapshot.from_state(state, self.fingerprint, self.codec, model_name=self.model_name, meta=meta)
             key = self.store.put(snap, cost=len(state.tokens) / PREFILL_TOKENS_PER_S, owner=owner)
             nbytes = self.store.stored_bytes(key)
+            self._drop_replaced(replaces, key)
         except KVCPUError as exc:
             log.warning("could not store the state of %s: %s", label, exc)
             nbytes = 0
@@ -133,6 +159,12 @@ class BackgroundStore:
             log.exception("storing the state of %s failed", label)
             raise
         self.last = StoreStats(label, len(state.tokens), (time.perf_counter() - t0) * 1e3, nbytes)
+
+
+    def _drop_replaced(self, replaces, key: str) -> None:
+        old = self.store.lookup_exact(replaces, self.fingerprint) if replaces else None
+        if old is not None and old != key and not self.store.is_shared(old):
+            self.store.delete(old)
 
 
 class StopScanner:
@@ -170,9 +202,10 @@ class Turn:
     """
 
     def __init__(self, runner: TurnRunner, prompt: list[int], max_tokens: int, sampling: SamplingConfig,
-                 stop: Sequence[str], finish: Callable[[str], Sequence[int]] | None, label: str, owner):
+                 stop: Sequence[str], finish: Callable[[str], Sequence[int]] | None, label: str, owner,
+                 replaces: Sequence[int] | None = None):
         self.runner, self.prompt, self.max_tokens, self.sampling = runner, prompt, max_tokens, sampling
-        self.stop, self.finish, self.label, self.owner = stop, finish, label, owner
+        self.stop, self.finish, self.label, self.owner, self.replaces = stop, finish, label, owner, replaces
         self.reply = ""
         self.finish_reason = "stop"
         self.stats: TurnStats | None = None
@@ -221,7 +254,8 @@ class Turn:
                 yield rest
         finally:  # also when the consumer stops early: the turn is kept as far as it got
             decode_s = time.perf_counter() - t2
-            save_ms = self._save()
+            with interrupts_deferred():
+                save_ms = self._save()
             self.stats = TurnStats(
                 tokens_restored=restored, tokens_prefilled=len(prompt) - base, tokens_generated=len(generated),
                 prefill_ms=prefill_ms, ttft_ms=ttft_ms or (time.perf_counter() - t0) * 1e3,
@@ -247,7 +281,8 @@ class Turn:
         self.tokens = eng.tokens
         if self.tokens:
             meta = {"conversation": self.label} if self.label else None
-            self.runner.saver.submit(eng.get_state(), self.label, self.owner, meta)  # a copy: the engine goes on
+            # get_state copies: the engine goes on while the background store encodes the copy
+            self.runner.saver.submit(eng.get_state(), self.label, self.owner, meta, self.replaces)
         return (time.perf_counter() - t0) * 1e3
 
 
@@ -261,14 +296,16 @@ class TurnRunner:
 
     def start(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingConfig | None = None, *,
               stop: Sequence[str] = (), finish: Callable[[str], Sequence[int]] | None = None, label: str = "",
-              owner=None) -> Turn:
+              owner=None, replaces: Sequence[int] | None = None) -> Turn:
         """A turn answering `prompt` (token ids, BOS included). `finish(reply)` returns the tokens
-        the stored state is to hold: the prompt, the reply and the template's closing tokens."""
+        the stored state is to hold: the prompt, the reply and the template's closing tokens.
+        `replaces`: the tokens of the entry the new state succeeds, dropped once it is stored."""
         if max_tokens < 1:
             raise KVCPUError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt:
             raise KVCPUError("the prompt has no tokens")
-        return Turn(self, list(prompt), max_tokens, sampling or SamplingConfig(), stop, finish, label, owner)
+        return Turn(self, list(prompt), max_tokens, sampling or SamplingConfig(), stop, finish, label, owner,
+                    replaces)
 
     def restore(self, prompt: list[int]) -> tuple[int, dict]:
         """Load the longest stored prefix of the prompt (keeping what the engine already holds

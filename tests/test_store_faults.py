@@ -7,13 +7,27 @@ import errno
 
 import numpy as np
 import pytest
+from synth import random_stream, write_state
 from test_store import FP, snapshot
 
+from kvcpu import KVState, Snapshot
 from kvcpu.errors import KVCPUError
+from kvcpu.splice import join, tail
 from kvcpu.store import KVStore, disk
 from kvcpu.store.disk import StoreDiskError
 
 DOC = [7] * 96  # a shared document: six blocks, above the sharing threshold
+
+
+def over_doc(n_doc: int, own: list[int], seed: int) -> Snapshot:
+    """A conversation over the first n_doc tokens of DOC, then its own: the document's cells
+    are the same in every such conversation, as the same tokens give the same KV."""
+    def state(n, rng_seed):
+        return KVState.from_bytes(write_state(0, [[random_stream(np.random.default_rng(rng_seed), n, 2, 64)]]))
+
+    whole = join(state(n_doc, 0), tail(state(n_doc + len(own), seed), n_doc))
+    whole.tokens = np.asarray(DOC[:n_doc] + own, dtype=np.int32)
+    return Snapshot.from_state(whole, FP, "f16")
 
 
 class FullDisk:
@@ -48,7 +62,6 @@ def churn(store: KVStore, seed: int = 0) -> None:
             store.get(key)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f1_full_disk_while_a_base_is_created_rolls_the_put_back(tmp_path, monkeypatch):
     disk_full = FullDisk(monkeypatch)
     store = KVStore(1 << 30, disk_dir=tmp_path, codec="f16")
@@ -67,7 +80,6 @@ def test_f1_full_disk_while_a_base_is_created_rolls_the_put_back(tmp_path, monke
             assert again.get(key).decode().n_positions == int(key.rsplit("-", 1)[1])
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f1_the_third_conversation_after_a_failed_base_does_not_crash(tmp_path, monkeypatch):
     """The report's sequence, through the background store's path: 3 MB budget, f16."""
     disk_full = FullDisk(monkeypatch)
@@ -81,7 +93,6 @@ def test_f1_the_third_conversation_after_a_failed_base_does_not_crash(tmp_path, 
     churn(store)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f2_a_failed_write_keeps_the_entry_it_would_supersede(tmp_path, monkeypatch):
     disk_full = FullDisk(monkeypatch)
     store = KVStore(1 << 30, disk_dir=tmp_path, share=False)
@@ -96,7 +107,6 @@ def test_f2_a_failed_write_keeps_the_entry_it_would_supersede(tmp_path, monkeypa
         assert again.longest_prefix([5] * 40 + [6] * 20, FP).key == turn1
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f3_a_stale_process_does_not_delete_a_base_another_continues(tmp_path):
     p1 = KVStore(1 << 30, disk_dir=tmp_path, codec="f16")
     x = p1.put(snapshot(DOC + [1] * 30, seed=1))
@@ -115,7 +125,6 @@ def test_f3_a_stale_process_does_not_delete_a_base_another_continues(tmp_path):
     assert report["entries"] == 2  # w and its base; nothing orphaned, nothing lost
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f3_gc_quarantines_a_delta_whose_base_is_gone(tmp_path):
     with KVStore(1 << 30, disk_dir=tmp_path, codec="f16") as store:
         store.put(snapshot(DOC + [1] * 30, seed=1))
@@ -129,14 +138,13 @@ def test_f3_gc_quarantines_a_delta_whose_base_is_gone(tmp_path):
     assert not list((tmp_path / "entries").glob("*.kvs"))
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f4_two_processes_rebasing_the_same_entry_keep_it_whole(tmp_path):
-    p1 = KVStore(1 << 30, disk_dir=tmp_path, codec="f16")
-    x_snap = snapshot(DOC[:80] + [1] * 20, seed=1)
+    p1 = KVStore(1, disk_dir=tmp_path, codec="f16")  # no RAM copies: p1 reads x from its file
+    x_snap = over_doc(80, [1] * 20, seed=1)
     x = p1.put(x_snap)
     p2 = KVStore(1 << 30, disk_dir=tmp_path, codec="f16")
-    p2.put(snapshot(DOC[:80] + [2] * 20, seed=2))  # creates the base, rewrites x as a delta
-    p1.put(snapshot(DOC[:80] + [3] * 20, seed=3))  # p1 believes x is still whole
+    p2.put(over_doc(80, [2] * 20, seed=2))  # creates the base, rewrites x as a delta
+    p1.put(over_doc(80, [3] * 20, seed=3))  # p1 believed x still whole
     for store in (p1, p2):
         store.close()
     with KVStore(1 << 30, disk_dir=tmp_path) as again:
@@ -145,7 +153,6 @@ def test_f4_two_processes_rebasing_the_same_entry_keep_it_whole(tmp_path):
         assert restored.to_bytes() == x_snap.decode().to_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f4_a_scan_rejects_a_file_whose_content_is_not_its_key(tmp_path):
     with KVStore(1 << 30, disk_dir=tmp_path, share=False) as store:
         a = store.put(snapshot([1] * 40, seed=1))
@@ -158,7 +165,6 @@ def test_f4_a_scan_rejects_a_file_whose_content_is_not_its_key(tmp_path):
         assert again.longest_prefix([2] * 40, FP) is None
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f5_a_codec_that_merges_cells_is_refused_by_the_store(tmp_path):
     with pytest.raises(KVCPUError, match="cluster"):
         KVStore(1 << 30, codec="cluster")
@@ -167,7 +173,6 @@ def test_f5_a_codec_that_merges_cells_is_refused_by_the_store(tmp_path):
         store.put(snapshot([1] * 64, codec="cluster", seed=1))
 
 
-@pytest.mark.xfail(strict=True, reason='issue 17: reproduced, not fixed yet')
 def test_f9_the_disk_tier_has_a_finite_default_budget(tmp_path):
     with KVStore(1 << 20, disk_dir=tmp_path) as store:
         budget = store.stats()["disk_budget_bytes"]

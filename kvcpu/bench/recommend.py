@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..codecs import merges_cells
 from .common import markdown_table
 
 CONVERSATION_TOKENS = 2000  # a long chat, for "how many conversations fit"
@@ -36,6 +37,8 @@ def _candidates(suites: dict, kv_bytes_per_token: int, budget: float) -> list[di
     for r in blocked_rows(suites["quality"]["data"]):
         if " " in r["codec"]:
             continue  # variants need options kvcpu chat does not expose; defaults only
+        if merges_cells(r["codec"]):
+            continue  # the store refuses codecs that merge cells: it cuts snapshots at tokens
         per_token = kv_bytes_per_token / r["ratio"]
         rows.append({"codec": r["codec"], "ratio": r["ratio"], "kl_mean": r["kl_mean"],
                      "top1": r["top1_agreement"], "bytes_per_token": per_token,

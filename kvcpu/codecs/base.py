@@ -30,6 +30,12 @@ def codec(name: str, **params) -> Codec:
     return cls(**params)
 
 
+def merges_cells(name: str) -> bool:
+    """Whether the codec called `name` merges cells; unknown names do not."""
+    cls = _REGISTRY.get(name)
+    return bool(cls and cls.merges_cells)
+
+
 def codec_names() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -39,6 +45,7 @@ class Codec:
 
     name: ClassVar[str]
     lossless: ClassVar[bool] = False
+    merges_cells: ClassVar[bool] = False  # holds fewer cells than tokens (cannot be cut at a token)
     _p: dict = {}  # the parameters it was made with; a codec that takes some sets its own in __init__
 
     def __init__(self, **params):

@@ -26,6 +26,7 @@ class ClusterCodec(Codec):
     """Token merging, then an inner codec for what remains."""
 
     name = "cluster"
+    merges_cells = True
 
     def __init__(self, threshold: float = 0.6, max_run: int = 2, keep_first: int = 4, keep_last: int = 32,
                  inner: str = "f16"):

@@ -43,6 +43,7 @@ class ServeConfig:
     codec: str = "int8"
     budget_mb: int = 512
     store_dir: Path | None = None  # None: $KVCPU_HOME/serve
+    disk_budget_mb: int | None = None  # None: half of the store's entries and the free space
     policy: str = "hybrid"
     n_ctx: int = 4096
     n_threads: int | None = None
@@ -77,7 +78,8 @@ class Server:
         self.model_id = config.model if config.model in models.REGISTRY else Path(info.path).stem
         self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path}
         self.store = KVStore(config.budget_mb << 20, policy=config.policy, disk_dir=config.store_path,
-                             codec=config.codec)
+                             codec=config.codec,
+                             disk_budget_bytes=config.disk_budget_mb << 20 if config.disk_budget_mb else None)
         saver = BackgroundStore(self.store, config.codec, info.fingerprint, model_name=info.path)
         self.pool = EnginePool(engines, saver, config.max_queue)
         self.telemetry = Telemetry(self.store, self.pool)

@@ -22,6 +22,8 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +33,9 @@ from ..fileio import atomic_write
 from ..snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+
+DISK_SHARE = 0.5  # the default disk budget: this share of the entries' bytes and the free space
 
 
 class StoreDiskError(KVCPUError):
@@ -53,16 +58,24 @@ class DiskTier:
         if not os.access(self.entries_dir, os.W_OK):
             raise StoreDiskError(f"store directory {self.entries_dir} is not writable")
         self.quarantined = 0
-        self._scanned_mtime = None
+        self._seen = -1  # the directory's generation this process's index reflects
+        self._thread_lock = threading.RLock()
+        self._depth = 0
 
     @contextmanager
     def locked(self):
-        """Exclusive use of the directory, across processes."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        """Exclusive use of the directory, across processes; re-entrant within this one (a put
+        holds it around the writes it makes)."""
+        with self._thread_lock:
+            if self._depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def path(self, key: str) -> Path:
         return self.entries_dir / f"{key}.kvs"
@@ -82,19 +95,35 @@ class DiskTier:
                     continue
                 info["size"] = path.stat().st_size
                 found[path.stem] = info
-            self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+            self._seen = self._generation()
         return found
 
     def changed(self) -> bool:
-        """Whether another process added or removed entries since the last scan."""
-        return self.entries_dir.stat().st_mtime_ns != self._scanned_mtime
+        """Whether another process wrote, removed or quarantined entries since this one's last
+        scan (a counter every change bumps under the lock; directory times are too coarse)."""
+        return self._generation() != self._seen
+
+    def _generation(self) -> int:
+        return int.from_bytes(os.pread(self._lock_fd, 8, 0).ljust(8, b"\0"), "little")
+
+    def _bump(self) -> None:
+        """Count a change (under the lock); this process stays current only if it was."""
+        generation = self._generation()
+        os.pwrite(self._lock_fd, (generation + 1).to_bytes(8, "little"), 0)
+        if self._seen == generation:
+            self._seen = generation + 1
+
+    def default_budget(self, share: float = DISK_SHARE) -> int:
+        """A share of what this directory's entries take plus the free space beside them."""
+        held = sum(p.stat().st_size for p in self.entries_dir.glob("*.kvs"))
+        return int(share * (held + shutil.disk_usage(self.root).free))
 
     def write(self, key: str, blob: bytes) -> None:
         """Atomically write an entry; a full disk or a failed write leaves no partial file."""
         try:
             with self.locked():
                 atomic_write(self.path(key), blob)
-                self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+                self._bump()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreDiskError(f"disk full: cannot write {len(blob):,} bytes to {self.root}") from exc
@@ -117,7 +146,7 @@ class DiskTier:
     def delete(self, key: str) -> None:
         with self.locked():
             self.path(key).unlink(missing_ok=True)
-            self._scanned_mtime = self.entries_dir.stat().st_mtime_ns
+            self._bump()
 
     def quarantine(self, path: Path, reason: str) -> None:
         """Move a bad file aside (never delete what might be evidence), with a warning."""
@@ -126,6 +155,8 @@ class DiskTier:
             os.replace(path, dest)
         except FileNotFoundError:
             return
+        with self.locked():
+            self._bump()
         self.quarantined += 1
         log.warning("quarantined %s: %s (moved to %s)", path.name, reason, dest)
 

@@ -70,6 +70,8 @@ class PrefixSharing:
         if m < SHARE_MIN_TOKENS:
             return None, 0, None
         base_key = entry_key(tokens[:m], fp)
+        if base_key in self._entries and not self._entries[base_key].is_base:
+            return None, 0, None  # an entry of exactly these tokens, under a policy: not a base
         whole = [k for k in sharers - {base_key} if self._entries[k].base is None
                  and not self._entries[k].is_base and len(self._entries[k].tokens) > m]
         if base_key not in self._entries and not whole:
@@ -79,38 +81,56 @@ class PrefixSharing:
             return None, 0, None  # sliding-window caches: cut and join are for one cache
         if base_key not in self._entries:
             base_snap = snapshot.recode(state.head(m), meta={"shared_base": True})
-            self._index(base_key, self._new_entry(tokens[:m].copy(), fp, 0.0))
-            self._place_base(base_key, base_snap.to_bytes(), base_snap.packed.codec)
-        for other in whole:
-            self._rebase(other, base_key, m)
+            blob = base_snap.to_bytes()
+            if self.disk is not None:
+                self._write_file(base_key, blob)  # may fail: then nothing has changed yet
+            entry = self._new_entry(tokens[:m].copy(), fp, 0.0, shared_base=True)
+            self._index(base_key, entry)
+            self._place_base(entry, blob, base_snap.packed.codec)
         self._entries[base_key].dependents += 1  # the new entry's hold
+        try:
+            for other in whole:
+                self._rebase(other, base_key, m)  # each either done whole or not at all
+        except Exception:
+            self._release_base(base_key)
+            raise
         return base_key, m, state
 
-    def _place_base(self, key: str, blob: bytes, codec: str) -> None:
-        """A base lives in RAM and on disk while it has dependents; no policy evicts it."""
-        entry = self._entries[key]
+    def _place_base(self, entry, blob: bytes, codec: str) -> None:
+        """A base lives in RAM and on disk (its file written already) while it has dependents;
+        no policy evicts it."""
         entry.ram, entry.ram_codec = blob, codec
         self.used += len(blob)
         if self.disk is not None:
-            self.disk.write(key, blob)
             entry.disk_size, entry.disk_codec = len(blob), codec
             self.disk_used += len(blob)
 
+    def _release_base(self, key: str) -> None:
+        """A put that held the base failed: let go, and drop the base if nobody else holds it."""
+        base = self._entries.get(key)
+        if base is not None:
+            base.dependents -= 1
+            if base.dependents <= 0:
+                self._drop_everywhere(key)
+
     def _rebase(self, key: str, base_key: str, m: int) -> None:
-        """Cut a whole entry down to its cells after a new shared base."""
+        """Cut a whole entry down to its cells after a new shared base: its file is rewritten
+        first, so a failed write leaves it whole. An entry that is a delta already (another
+        process rebased it) is left alone."""
         entry = self._entries[key]
+        if entry.base is not None:
+            return
         snap = self._read(key)
         part = snap.recode(tail(snap.decode(), m), meta={**snap.meta, "base": base_key, "base_tokens": m})
         blob = part.to_bytes()
+        if entry.disk_size:
+            self._write_file(key, blob)
+            self.disk_used += len(blob) - entry.disk_size
+            entry.disk_size = len(blob)
+            self.disk_policy.on_resize(key, len(blob))
         if entry.ram is not None:
             self.used += len(blob) - len(entry.ram)
             entry.ram = blob
             self.ram_policy.on_resize(key, len(blob))
-        if entry.disk_size:
-            self.disk.write(key, blob)
-            self.disk_used += len(blob) - entry.disk_size
-            entry.disk_size = len(blob)
-            self.disk_policy.on_resize(key, len(blob))
         entry.base, entry.base_tokens = base_key, m
         self._entries[base_key].dependents += 1
-

@@ -12,10 +12,12 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..codecs import merges_cells
 from ..errors import KVCPUError
 from ..snapshot import Snapshot
 from ..splice import tail
@@ -50,10 +52,11 @@ class _Entry:
     base_tokens: int = 0
     dependents: int = 0  # for a base: the entries that continue it; bases leave with the last
     owner: Hashable | None = None  # who asked for it last, when the application says (a policy hint)
+    shared_base: bool = False  # a shared prefix: no policy orders it; it leaves with its last dependent
 
     @property
     def is_base(self) -> bool:
-        return self.dependents > 0
+        return self.shared_base
 
 
 @dataclass
@@ -74,8 +77,13 @@ class KVStore(PrefixSharing, DiskIndex):
                  ladder: Sequence[str] = DEFAULT_LADDER, share: bool = True):
         if budget_bytes <= 0:
             raise KVCPUError(f"budget_bytes must be positive, not {budget_bytes}")
+        for name in (codec, *ladder):
+            _refuse_merged_cells(name)
         self.budget = int(budget_bytes)
-        self.disk_budget = int(disk_budget_bytes) if disk_budget_bytes else 1 << 62
+        self.disk = DiskTier(disk_dir) if disk_dir is not None else None
+        # Without a disk budget, half of what the entries and the free space beside them come to:
+        # a store never fills its disk by default.
+        self.disk_budget = int(disk_budget_bytes or (self.disk.default_budget() if self.disk else 1 << 62))
         self.codec = codec
         self.ladder = tuple(ladder)
         self.policy_name = policy
@@ -88,7 +96,7 @@ class KVStore(PrefixSharing, DiskIndex):
         self._prefix: dict[int, set[str]] = defaultdict(set)  # block hash -> entries holding that prefix
         self._n = _Counters()
         self._lock = threading.RLock()
-        self.disk = DiskTier(disk_dir) if disk_dir is not None else None
+        self._holding_bases = False  # while the index is reloaded: bases stay until it is whole
         if self.disk is not None:
             self._load_disk_index()
 
@@ -114,7 +122,7 @@ class KVStore(PrefixSharing, DiskIndex):
         base = self._entries.get(entry.base) if entry.base else None
         if base is not None:
             base.dependents -= 1
-            if base.dependents <= 0:  # its last dependent is gone: so is the base
+            if base.dependents <= 0 and not self._holding_bases:  # its last dependent is gone: so is the base
                 self._drop_everywhere(entry.base)
 
     def _drop_everywhere(self, key: str) -> None:
@@ -128,48 +136,80 @@ class KVStore(PrefixSharing, DiskIndex):
             entry.disk_size = 0
         self._unindex(key)
 
+    @contextmanager
+    def _dir_locked(self):
+        """The directory's lock across processes, with the index refreshed under it: whatever
+        changes the directory decides from what is on disk now, not from a stale index."""
+        if self.disk is None:
+            yield
+            return
+        with self.disk.locked():
+            if self.disk.changed():
+                self._load_disk_index()
+            yield
+
     # -- writing -----------------------------------------------------------------------------
 
     def put(self, snapshot: Snapshot, cost: float = 1.0, supersede: bool = True, owner=None) -> str:
         """Keep a snapshot (replacing one with the same tokens); returns its key.
 
         `cost` is what a hit saves, in prefill seconds: cost-aware policies keep what saves most
-        per byte. With supersede, entries whose tokens are a prefix of this one's are dropped:
-        this one restores their prefixes too (to a whole block), as a conversation's new turn
-        replaces its last. `owner` says who asks (a user, a tenant), where the application
-        knows: reuse-rate and the hybrid take an owner's move to another conversation as the
-        end of its last. With a disk tier the snapshot is written through; if that write fails
-        (disk full), the entry stays in RAM and StoreDiskError says why.
+        per byte. With supersede, entries whose tokens are a prefix of this one's are dropped
+        once this one is durable: it restores their prefixes too (to a whole block), as a
+        conversation's new turn replaces its last. `owner` says who asks (a user, a tenant),
+        where the application knows: reuse-rate and the hybrid take an owner's move to another
+        conversation as the end of its last. With a disk tier the snapshot is written through,
+        under the directory's lock and from a fresh view of it; if a write fails (disk full),
+        nothing the put began is left half done, the entries it would supersede stay, the new
+        one is kept whole in RAM, and StoreDiskError says why.
         """
         if snapshot.tokens is None:
             raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
+        _refuse_merged_cells(snapshot.packed.codec)
         tokens = np.asarray(snapshot.tokens, dtype=np.int32)
         key = entry_key(tokens, snapshot.fingerprint)
         codec = snapshot.packed.codec
-        blob = snapshot.to_bytes()
-        with self._lock:
-            if len(blob) > self.budget and self.disk is None:
-                raise KVCPUError(f"a {len(blob):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
-            if key in self._entries:
-                if self._entries[key].is_base:
-                    return key  # these exact tokens are a shared base already: it serves them
-                self._forget(key)
+        whole = snapshot.to_bytes()
+        with self._lock, self._dir_locked():
+            if len(whole) > self.budget and self.disk is None:
+                raise KVCPUError(f"a {len(whole):,}-byte snapshot does not fit a {self.budget:,}-byte budget")
+            if key in self._entries and self._entries[key].is_base:
+                return key  # these exact tokens are a shared base already: it serves them
             superseded = self._prefixes_of(tokens, snapshot.fingerprint) if supersede else []
-            base, m, state = (self._base_for(tokens, snapshot, exclude=set(superseded) | {key}) if self.share
-                              else (None, 0, None))
-            for old in superseded:  # after the base is held, so that it outlives them
-                self._forget(old)
-            if base is not None:  # kept as its own part after the shared base
-                snapshot = snapshot.recode(tail(state, m), meta={**snapshot.meta, "base": base, "base_tokens": m})
-                blob = snapshot.to_bytes()
+            base, m, blob = None, 0, whole
+            try:
+                if self.share:
+                    base, m, state = self._base_for(tokens, snapshot, exclude=set(superseded) | {key})
+                    if base is not None:  # kept as its own part after the shared base
+                        blob = snapshot.recode(tail(state, m), meta={**snapshot.meta, "base": base,
+                                                                     "base_tokens": m}).to_bytes()
+                if self.disk is not None:
+                    self._write_file(key, blob)  # durable before anything it supersedes goes
+            except StoreDiskError:
+                self._n.disk_errors += 1
+                if base is not None:
+                    self._release_base(base)
+                if key in self._entries:
+                    self._forget(key, keep_file=True)
+                self._keep(key, _Entry(tokens, snapshot.fingerprint, cost, owner=owner), whole, codec, on_disk=False)
+                raise
+            if key in self._entries:  # the same tokens again: the file was just replaced
+                self._forget(key, keep_file=True)
             entry = _Entry(tokens, snapshot.fingerprint, cost, base=base, base_tokens=m, owner=owner)
-            self._index(key, entry)
+            self._keep(key, entry, blob, codec, on_disk=self.disk is not None)
+            for old in superseded:
+                if old in self._entries:
+                    self._forget(old)
             self._n.puts += 1
-            if len(blob) <= self.budget:
-                self._to_ram(key, entry, blob, codec)
-            if self.disk is not None:
-                self._to_disk(key, entry, blob, codec)
         return key
+
+    def _keep(self, key: str, entry: _Entry, blob: bytes, codec: str, on_disk: bool) -> None:
+        """Index a new entry, in RAM when it fits and on disk when its file was written."""
+        self._index(key, entry)
+        if on_disk:  # first: a RAM eviction of an entry not yet on disk would forget it
+            self._on_disk(key, entry, len(blob), codec)
+        if key in self._entries and len(blob) <= self.budget:
+            self._to_ram(key, entry, blob, codec)
 
     def _prefixes_of(self, tokens: np.ndarray, fingerprint: str) -> list[str]:
         """Keys of shorter entries whose tokens are a prefix of `tokens`."""
@@ -201,19 +241,16 @@ class KVStore(PrefixSharing, DiskIndex):
         self.ram_policy.on_insert(key, len(blob), entry.cost)
         self._enforce(self.ram_policy, "ram")
 
-    def _to_disk(self, key: str, entry: _Entry, blob: bytes, codec: str) -> None:
-        try:
-            self.disk.write(key, blob)
-        except StoreDiskError:
-            self._n.disk_errors += 1
-            if entry.ram is None:
-                self._unindex(key)
-            raise
-        entry.disk_size, entry.disk_codec = len(blob), codec
-        self.disk_used += len(blob)
+    def _write_file(self, key: str, blob: bytes) -> None:
+        self.disk.write(key, blob)
+
+    def _on_disk(self, key: str, entry: _Entry, size: int, codec: str) -> None:
+        """Account an entry's file, written already, to the disk tier and its policy."""
+        entry.disk_size, entry.disk_codec = size, codec
+        self.disk_used += size
         self._leaves["disk"] += 1
         self._tell_owner(self.disk_policy, key, entry)
-        self.disk_policy.on_insert(key, len(blob), entry.cost)
+        self.disk_policy.on_insert(key, size, entry.cost)
         self._enforce(self.disk_policy, "disk")
 
     @staticmethod
@@ -274,17 +311,27 @@ class KVStore(PrefixSharing, DiskIndex):
         if entry.ram is None and not entry.disk_size:
             self._unindex(key)
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str, keep_file: bool = False) -> None:
+        """Take an entry out of both tiers and the index (keep_file: its file stays, because a
+        new one under the same key just replaced it, or a write failed)."""
         entry = self._entries[key]
         if entry.ram is not None:
             self.ram_policy.on_remove(key)
             self._evict(key, "ram")
         if key in self._entries and entry.disk_size:
             self.disk_policy.on_remove(key)
-            self._evict(key, "disk")
+            if keep_file:
+                self._leaves["disk"] -= 1
+                self.disk_used -= entry.disk_size
+                entry.disk_size = 0
+            else:
+                self._evict(key, "disk")
+        if key in self._entries and keep_file:
+            self._unindex(key)
 
     def delete(self, key: str) -> None:
-        with self._lock:
+        """Drop an entry (not a shared base: that goes with its last dependent)."""
+        with self._lock, self._dir_locked():
             if key not in self._entries:
                 raise KVCPUError(f"no entry {key!r} in the store")
             if self._entries[key].is_base:
@@ -373,6 +420,11 @@ class KVStore(PrefixSharing, DiskIndex):
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def is_shared(self, key: str) -> bool:
+        """Whether an entry is a shared base (which leaves with its last dependent)."""
+        with self._lock:
+            return key in self._entries and self._entries[key].is_base
+
     def stored_bytes(self, key: str) -> int:
         """What an entry takes: its RAM copy's bytes, or else its file's."""
         with self._lock:
@@ -441,3 +493,11 @@ class KVStore(PrefixSharing, DiskIndex):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _refuse_merged_cells(codec_name: str) -> None:
+    """A codec that merges cells (cluster) holds fewer cells than tokens: prefix cuts, shared
+    bases and keys all count tokens, so the store refuses it rather than misread it."""
+    if merges_cells(codec_name):
+        raise KVCPUError(f"codec {codec_name!r} merges cells, so its snapshots cannot be cut at a token; "
+                         "the store does not keep them (use it for single snapshots: Snapshot.save)")

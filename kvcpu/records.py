@@ -1,0 +1,68 @@
+"""Conversation records on disk: one JSON file per conversation, holding its messages and the
+exact tokens the model saw, named by a hash of the conversation's name (the name itself is
+kept inside), so that any name maps to one short file name and no two names share one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from .errors import KVCPUError
+from .fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class RecordError(KVCPUError):
+    """A conversation record could not be written (a full disk, a read-only directory)."""
+
+
+def file_name(name: str) -> str:
+    """The record file of a conversation: bounded in length, one per name, no path in it."""
+    return hashlib.sha256(name.encode("utf-8", errors="surrogatepass")).hexdigest()[:32] + ".json"
+
+
+class Records:
+    """The records under one directory."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        self.dir.mkdir(exist_ok=True)
+        self._legacy: dict[str, Path] = {}  # records of older kvcpu, named after the conversation
+
+    def load_all(self) -> list[dict]:
+        """Every readable record, as {id, messages, tokens, text}; unreadable ones are skipped
+        with a warning."""
+        out = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                record = {"id": str(data["id"]), "messages": list(data["messages"]),
+                          "tokens": [int(t) for t in data["tokens"]], "text": str(data["text"])}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable conversation record %s: %s", path, exc)
+                continue
+            if path.name != file_name(record["id"]):
+                self._legacy[record["id"]] = path
+            out.append(record)
+        return out
+
+    def save(self, record: dict) -> None:
+        """Write a record atomically; RecordError when the disk refuses."""
+        try:
+            atomic_write(self.dir / file_name(record["id"]), json.dumps(record).encode())
+        except OSError as exc:
+            raise RecordError(f"could not save the record of conversation {record['id']!r}: "
+                              f"{exc.strerror or exc}") from exc
+        legacy = self._legacy.pop(record["id"], None)
+        if legacy is not None:
+            legacy.unlink(missing_ok=True)
+
+    def delete(self, name: str) -> None:
+        (self.dir / file_name(name)).unlink(missing_ok=True)
+        legacy = self._legacy.pop(name, None)
+        if legacy is not None:
+            legacy.unlink(missing_ok=True)

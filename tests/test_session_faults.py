@@ -1,0 +1,140 @@
+"""Issue 17's faults seen from a conversation: a full disk under the records, names the file
+system refuses or confuses, context shifts that leave entries behind, Ctrl-C while a turn is
+stored, and a store directory that cannot be used."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from kvcpu import Session, records
+from kvcpu.chat import ChatConfig, ChatLoop
+from kvcpu.turn import BackgroundStore
+
+
+@pytest.fixture
+def session(model_path, tmp_path):
+    with Session(model_path, codec="int8", n_ctx=1024, disk_dir=tmp_path / "store") as s:
+        yield s
+
+
+def reopen(model_path, tmp_path) -> Session:
+    return Session(model_path, codec="int8", n_ctx=1024, disk_dir=tmp_path / "store")
+
+
+def test_f6_a_full_disk_under_the_records_warns_once_and_keeps_the_conversation(session, monkeypatch, caplog):
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records, "atomic_write", full)
+    with caplog.at_level(logging.WARNING):
+        session.chat("c", "Hello there.", max_tokens=4)
+        session.chat("c", "And again.", max_tokens=4)
+    assert len(session.get("c").messages) == 4
+    warnings = [r for r in caplog.records if "record" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left" in warnings[0].getMessage()
+
+
+def test_f7_a_very_long_name_is_a_conversation_like_any_other(model_path, tmp_path):
+    name = "n" * 300 + "é" * 100
+    with reopen(model_path, tmp_path) as s:
+        s.chat(name, "Hi.", max_tokens=3)
+    with reopen(model_path, tmp_path) as s:
+        assert len(s.get(name).messages) == 2
+
+
+def test_f8_names_that_differ_only_in_punctuation_stay_apart(model_path, tmp_path):
+    with reopen(model_path, tmp_path) as s:
+        s.chat("a/b", "First.", max_tokens=3)
+        s.chat("a_b", "Second.", max_tokens=3)
+        s.chat("../../etc/x", "Third.", max_tokens=3)
+    assert len(list((tmp_path / "store" / "conversations").glob("*.json"))) == 3
+    assert not (tmp_path / "etc").exists()  # path traversal stays inside
+    with reopen(model_path, tmp_path) as s:
+        assert s.get("a/b").messages[0]["content"] == "First."
+        assert s.get("a_b").messages[0]["content"] == "Second."
+        s.forget("a/b")
+    with reopen(model_path, tmp_path) as s:
+        assert "a/b" not in s.conversations and s.get("a_b").messages[0]["content"] == "Second."
+
+
+def test_f9_a_context_shift_replaces_the_conversations_last_entry(model_path, tmp_path):
+    with Session(model_path, codec="int8", n_ctx=256, disk_dir=tmp_path / "store", keep_first=8) as s:
+        shifts = 0
+        for i in range(8):
+            s.chat("long", f"Message {i}: tell me something about the number {i}.", max_tokens=40)
+            shifts += s.last_turn.context_shifted
+        s.flush()
+        leaves = [e for e in s.store.entries() if not s.store.is_shared(e["key"])]
+    assert shifts >= 2
+    assert len(leaves) == 1  # the conversation's one entry; none left behind by the shifts
+
+
+def test_f10_ctrl_c_while_a_finished_turn_is_stored_keeps_the_turn(session, monkeypatch):
+    real = BackgroundStore.submit
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, just as the turn is being stored
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BackgroundStore, "submit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        session.chat("k", "Say hello.", max_tokens=4)
+    monkeypatch.setattr(BackgroundStore, "submit", real)
+    session.flush()
+    conv = session.get("k")
+    assert [m["role"] for m in conv.messages] == ["user", "assistant"]
+    assert session.store.lookup_exact(conv.tokens, session.fingerprint) is not None
+
+
+def test_f11_max_tokens_below_one_is_refused_by_the_command():
+    done = subprocess.run([sys.executable, "-m", "kvcpu", "chat", "--max-tokens", "0", "--once", "hi"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--max-tokens" in done.stderr
+
+
+class _Scripted:
+    """A session that streams a reply and, midway, logs what a failing background store logs."""
+
+    def new(self, name):
+        pass
+
+    def chat(self, name, message, **kw):
+        def chunks():
+            yield "Hello"
+            logging.getLogger("kvcpu.turn").warning("could not store the state of %s: disk full", name)
+            yield " world"
+
+        return chunks()
+
+
+def test_f11_a_warning_during_a_reply_starts_its_own_line():
+    out, err = io.StringIO(), io.StringIO()
+    loop = ChatLoop(_Scripted(), io.StringIO("hi\n"), out, ChatConfig(interactive=False))
+    handler = loop.log_handler(err)
+    logging.getLogger("kvcpu").addHandler(handler)
+    try:
+        loop.run()
+    finally:
+        logging.getLogger("kvcpu").removeHandler(handler)
+    assert out.getvalue() == "Hello world\n"
+    assert err.getvalue() == "\nwarning: could not store the state of default: disk full\n"
+
+
+def test_f11_an_unusable_store_directory_goes_on_in_ram_with_a_warning(model_path, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = subprocess.run([sys.executable, "-m", "kvcpu", "chat", "--model", str(model_path), "--store-dir",
+                           str(blocker / "store"), "--max-tokens", "3", "--once", "hi"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    said = " ".join(done.stderr.split())
+    assert "RAM only" in said and "is not usable: Not a directory" in said
