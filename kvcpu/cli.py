@@ -128,6 +128,28 @@ def store_gc(directory: Path | None, verify: bool) -> None:
               f"dropped {r['dropped_unreadable']} unreadable")
 
 
+_REMOTE = [
+    click.option("--remote", default=None, envvar="KVCPU_REMOTE", metavar="URL",
+                 help="A Redis or Valkey tier shared by hosts: redis://[user:password@]host:port/db or rediss:// "
+                      "[env KVCPU_REMOTE]."),
+    click.option("--remote-namespace", default="kvcpu", show_default=True, help="Prefix of kvcpu's keys there."),
+    click.option("--remote-ttl", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+                 help="Let Redis expire kvcpu's keys after this long [default: its maxmemory policy alone]."),
+]
+
+
+def _remote_options(fn):
+    for option in reversed(_REMOTE):
+        fn = option(fn)
+    return fn
+
+
+def _remote_tier(remote, namespace, ttl):
+    from .store.remote import RemoteTier
+
+    return RemoteTier(remote, namespace, ttl) if remote else None
+
+
 @main.command()
 @click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
 @click.option("--codec", default="int8", show_default=True, help="Codec of stored snapshots.")
@@ -144,8 +166,9 @@ def store_gc(directory: Path | None, verify: bool) -> None:
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--repeat-penalty", default=1.1, show_default=True, help="Above 1 discourages repeating recent tokens.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size; longer conversations shift.")
+@_remote_options
 def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversation, once, max_tokens, temperature,
-         repeat_penalty, n_ctx) -> None:
+         repeat_penalty, n_ctx, remote, remote_namespace, remote_ttl) -> None:
     """Chat with a local model; every conversation resumes from its stored KV state."""
     from .chat import ChatConfig, ChatLoop
     from .session import Session
@@ -153,13 +176,14 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
     from .store.disk import StoreDiskError
 
     directory = store_dir or _default_store_dir()
+    tier = _remote_tier(remote, remote_namespace, remote_ttl)
     try:
-        store = KVStore(budget_mb << 20, policy=policy, disk_dir=directory, codec=codec,
+        store = KVStore(budget_mb << 20, policy=policy, disk_dir=directory, codec=codec, remote=tier,
                         disk_budget_bytes=disk_budget_mb << 20 if disk_budget_mb else None)
     except StoreDiskError as exc:
         err.print(f"[bold yellow]warning:[/] {exc}; going on with RAM only: conversations will not persist",
                   highlight=False)
-        store = KVStore(budget_mb << 20, policy=policy, codec=codec)
+        store = KVStore(budget_mb << 20, policy=policy, codec=codec, remote=tier)
     session = Session(model, codec=codec, store=store, n_ctx=n_ctx, progress=True)
     session.warm_up(background=True)  # while the user types the first message
     config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
@@ -201,14 +225,16 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
               help="Engines over the same mapped weights, each serving one request at a time.")
 @click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for an engine; past this, 503 with Retry-After.")
+@_remote_options
 def serve(model, host, port, codec, budget_mb, store_dir, disk_budget_mb, policy, n_ctx, threads, api_key, parallel,
-          max_queue) -> None:
+          max_queue, remote, remote_namespace, remote_ttl) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, Server, run
 
     config = ServeConfig(model=model, host=host, port=port, codec=codec, budget_mb=budget_mb, store_dir=store_dir,
                          disk_budget_mb=disk_budget_mb, policy=policy, n_ctx=n_ctx, n_threads=threads,
-                         api_key=api_key, parallel=parallel, max_queue=max_queue)
+                         api_key=api_key, parallel=parallel, max_queue=max_queue, remote=remote,
+                         remote_namespace=remote_namespace, remote_ttl_s=remote_ttl)
     if config.exposed and api_key is None:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)

@@ -25,6 +25,16 @@ def file_name(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", errors="surrogatepass")).hexdigest()[:32] + ".json"
 
 
+def parse(raw: bytes) -> dict:
+    """A record's JSON, checked: {id, messages, tokens, text}; ValueError names what is wrong."""
+    try:
+        data = json.loads(raw)
+        return {"id": str(data["id"]), "messages": list(data["messages"]),
+                "tokens": [int(t) for t in data["tokens"]], "text": str(data["text"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a conversation record: {exc}") from None
+
+
 class Records:
     """The records under one directory."""
 
@@ -39,10 +49,8 @@ class Records:
         out = []
         for path in sorted(self.dir.glob("*.json")):
             try:
-                data = json.loads(path.read_text())
-                record = {"id": str(data["id"]), "messages": list(data["messages"]),
-                          "tokens": [int(t) for t in data["tokens"]], "text": str(data["text"])}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                record = parse(path.read_bytes())
+            except (OSError, ValueError) as exc:
                 log.warning("skipping unreadable conversation record %s: %s", path, exc)
                 continue
             if path.name != file_name(record["id"]):

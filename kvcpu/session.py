@@ -9,6 +9,7 @@ re-prefills what is stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import Future
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
+from . import metrics, records
 from .engine import Engine, EngineConfig, SamplingConfig
 from .errors import KVCPUError
 from .records import RecordError, Records
@@ -56,14 +57,16 @@ class Session:
 
     def __init__(self, model="smollm2-135m", *, codec: str = "int8", budget_bytes: int = 512 << 20,
                  disk_dir=None, store: KVStore | None = None, n_ctx: int = 4096, policy: str = "hybrid",
-                 keep_first: int = 32, n_threads: int | None = None, progress: bool = False):
+                 keep_first: int = 32, n_threads: int | None = None, progress: bool = False,
+                 remote: str | None = None, remote_namespace: str = "kvcpu"):
         self._owns_engine = not isinstance(model, Engine)  # an engine passed in stays the caller's
         self.engine = model if isinstance(model, Engine) else Engine.from_config(
             model, EngineConfig(n_ctx=n_ctx, n_threads=n_threads), progress=progress)
         self.fingerprint = self.engine.info.fingerprint
         self._owns_store = store is None
         self.store = store if store is not None else KVStore(budget_bytes, policy=policy, disk_dir=disk_dir,
-                                                              codec=codec)
+                                                              codec=codec, remote=remote,
+                                                              remote_namespace=remote_namespace)
         self.codec = codec
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}
@@ -79,17 +82,32 @@ class Session:
     # -- conversations ---------------------------------------------------------------------------
 
     def new(self, conversation_id: str) -> Conversation:
-        conv = self.conversations.get(conversation_id)
+        """The conversation by that name: known here, or on the remote tier, or else a new one."""
+        conv = self.conversations.get(conversation_id) or self._from_remote(conversation_id)
         if conv is None:
             conv = self.conversations[conversation_id] = Conversation(conversation_id)
         return conv
 
     def get(self, conversation_id: str) -> Conversation:
-        try:
-            return self.conversations[conversation_id]
-        except KeyError:
+        """The conversation by that name, known here or on the remote tier."""
+        conv = self.conversations.get(conversation_id) or self._from_remote(conversation_id)
+        if conv is None:
             raise UnknownConversationError(f"no conversation {conversation_id!r}; known: "
-                                           f"{sorted(self.conversations)}") from None
+                                           f"{sorted(self.conversations)}")
+        return conv
+
+    def _from_remote(self, conversation_id: str) -> Conversation | None:
+        """A conversation another host recorded on the remote tier, now known here too."""
+        raw = self.store.remote.get_record(self.fingerprint, conversation_id) if self.store.remote else None
+        if raw is None:
+            return None
+        try:
+            record = records.parse(raw)
+        except ValueError as exc:
+            log.warning("the remote record of %r is unreadable: %s", conversation_id, exc)
+            return None
+        conv = self.conversations[conversation_id] = Conversation(**{**record, "id": conversation_id})
+        return conv
 
     def forget(self, conversation_id: str) -> None:
         """Drop a conversation and its stored snapshot."""
@@ -101,6 +119,8 @@ class Session:
         del self.conversations[conversation_id]
         if self._records is not None:
             self._records.delete(conversation_id)
+        if self.store.remote is not None:
+            self.store.remote.delete_record(self.fingerprint, conversation_id)
 
     def list(self) -> list[dict]:
         """One row per conversation: turns, tokens, and where its snapshot is."""
@@ -196,7 +216,10 @@ class Session:
 
     def _save_conversation_file(self, conv: Conversation) -> None:
         """Write the conversation's record; when the disk refuses, warn once and go on with the
-        conversation in memory (its state is stored apart)."""
+        conversation in memory (its state is stored apart). With a remote tier the record goes
+        there too, so that the conversation resumes on any host."""
+        if self.store.remote is not None:
+            self.store.remote.put_record(self.fingerprint, conv.id, json.dumps(conv.to_json()).encode())
         if self._records is None:
             return
         try:

@@ -51,6 +51,9 @@ class ServeConfig:
     parallel: int = 1
     max_queue: int = 32  # requests waiting for an engine; past this, 503
     max_body_bytes: int = 8 << 20
+    remote: str | None = None  # a Redis or Valkey URL: the tier hosts share
+    remote_namespace: str = "kvcpu"
+    remote_ttl_s: int | None = None
     graceful_shutdown_s: float = 10.0  # streams in flight at SIGTERM get this long, then are cut
 
     @property
@@ -78,7 +81,8 @@ class Server:
         self.model_id = config.model if config.model in models.REGISTRY else Path(info.path).stem
         self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path}
         self.store = KVStore(config.budget_mb << 20, policy=config.policy, disk_dir=config.store_path,
-                             codec=config.codec,
+                             codec=config.codec, remote=config.remote, remote_namespace=config.remote_namespace,
+                             remote_ttl_s=config.remote_ttl_s,
                              disk_budget_bytes=config.disk_budget_mb << 20 if config.disk_budget_mb else None)
         saver = BackgroundStore(self.store, config.codec, info.fingerprint, model_name=info.path)
         self.pool = EnginePool(engines, saver, config.max_queue)

@@ -9,11 +9,12 @@ only then does it leave the tier (RAM: it stays on disk; disk: it is gone).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -25,7 +26,10 @@ from .disk import DiskTier, StoreDiskError
 from .disk_index import DiskIndex
 from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_key
 from .policies import make_policy
+from .remote import RemoteTier
 from .sharing import PrefixSharing, SharedSnapshot
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LADDER = ("f16", "int8", "int4-rot")
 
@@ -67,6 +71,7 @@ class _Counters:
     evictions: dict = field(default_factory=lambda: defaultdict(int))
     demotions: dict = field(default_factory=lambda: defaultdict(int))
     disk_errors: int = 0
+    remote_hits: int = 0
 
 
 class KVStore(PrefixSharing, DiskIndex):
@@ -74,13 +79,15 @@ class KVStore(PrefixSharing, DiskIndex):
 
     def __init__(self, budget_bytes: int, policy: str = "hybrid", disk_dir=None,
                  disk_budget_bytes: int | None = None, codec: str = "int8",
-                 ladder: Sequence[str] = DEFAULT_LADDER, share: bool = True):
+                 ladder: Sequence[str] = DEFAULT_LADDER, share: bool = True, remote: str | RemoteTier | None = None,
+                 remote_namespace: str = "kvcpu", remote_ttl_s: int | None = None):
         if budget_bytes <= 0:
             raise KVCPUError(f"budget_bytes must be positive, not {budget_bytes}")
         for name in (codec, *ladder):
             _refuse_merged_cells(name)
         self.budget = int(budget_bytes)
         self.disk = DiskTier(disk_dir) if disk_dir is not None else None
+        self.remote = RemoteTier(remote, remote_namespace, remote_ttl_s) if isinstance(remote, str) else remote
         # Without a disk budget, half of what the entries and the free space beside them come to:
         # a store never fills its disk by default.
         self.disk_budget = int(disk_budget_bytes or (self.disk.default_budget() if self.disk else 1 << 62))
@@ -161,8 +168,18 @@ class KVStore(PrefixSharing, DiskIndex):
         conversation as the end of its last. With a disk tier the snapshot is written through,
         under the directory's lock and from a fresh view of it; if a write fails (disk full),
         nothing the put began is left half done, the entries it would supersede stay, the new
-        one is kept whole in RAM, and StoreDiskError says why.
+        one is kept whole in RAM, and StoreDiskError says why. With a remote tier, the whole
+        snapshot is written there too, for every host (a remote that is down is a warning).
         """
+        try:
+            return self._put(snapshot, cost, supersede, owner)
+        finally:
+            if self.remote is not None and snapshot.tokens is not None:
+                tokens = np.asarray(snapshot.tokens, dtype=np.int32)
+                self.remote.put(entry_key(tokens, snapshot.fingerprint), tokens, snapshot.fingerprint,
+                                snapshot.to_bytes())
+
+    def _put(self, snapshot: Snapshot, cost: float, supersede: bool, owner) -> str:
         if snapshot.tokens is None:
             raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
         _refuse_merged_cells(snapshot.packed.codec)
@@ -338,6 +355,8 @@ class KVStore(PrefixSharing, DiskIndex):
                 raise KVCPUError(f"entry {key!r} is a prefix that {self._entries[key].dependents} entries share; "
                                  "it goes when they do")
             self._forget(key)
+        if self.remote is not None:
+            self.remote.delete(key)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -406,11 +425,28 @@ class KVStore(PrefixSharing, DiskIndex):
                 if key in self._entries:
                     best = Match(key, n, n)
                     break
-            if best is None or not np.array_equal(self._entries[best.key].tokens[: best.n_tokens],
-                                                  tokens[: best.n_tokens]):
-                return None  # hashes may collide; tokens cannot
+            if best is not None and not np.array_equal(self._entries[best.key].tokens[: best.n_tokens],
+                                                       tokens[: best.n_tokens]):
+                best = None  # hashes may collide; tokens cannot
+            if self.remote is not None and (best is None or best.n_tokens < len(tokens)):
+                found = self.remote.longest_prefix(tokens, fingerprint, at_least=best.n_tokens if best else 0)
+                best = self._adopt(*found) if found is not None else best
+            if best is None:
+                return None
             self._n.hits += 1
             return best
+
+    def _adopt(self, key: str, n_tokens: int, snapshot: Snapshot) -> Match | None:
+        """Keep what another host stored (verified by the remote tier) in the local tiers."""
+        if key not in self._entries:
+            try:
+                self._put(snapshot, 1.0, supersede=False, owner=None)
+            except KVCPUError as exc:  # a full disk keeps it in RAM; too big for RAM alone: a miss
+                log.warning("an entry from the remote tier could not be kept here: %s", exc)
+        if key not in self._entries:
+            return None
+        self._n.remote_hits += 1
+        return Match(key, n_tokens, len(snapshot.tokens))
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -472,7 +508,9 @@ class KVStore(PrefixSharing, DiskIndex):
                     "shared_bases": sum(e.is_base for e in self._entries.values()),
                     "sharing_saved_bytes": sum(max(len(e.ram or b""), e.disk_size) * (e.dependents - 1)
                                                for e in self._entries.values() if e.is_base),
-                    "quarantined": self.disk.quarantined if self.disk is not None else 0}
+                    "quarantined": self.disk.quarantined if self.disk is not None else 0,
+                    "remote_hits": n.remote_hits,
+                    "remote": asdict(self.remote.stats) if self.remote is not None else None}
 
     def close(self) -> None:
         """Forget the RAM tier; with a disk tier, add this process's counters to its totals."""
@@ -487,6 +525,8 @@ class KVStore(PrefixSharing, DiskIndex):
             self.used = self.disk_used = 0
             if self.disk is not None:
                 self.disk.close()
+            if self.remote is not None:
+                self.remote.close()
 
     def __enter__(self) -> KVStore:
         return self

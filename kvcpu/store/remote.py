@@ -1,0 +1,235 @@
+"""The remote tier: snapshots in Redis or Valkey, shared by every host that runs the same model.
+
+Keys, under a namespace (`kvcpu` unless told otherwise):
+
+    NS:e:KEY            an entry: its whole snapshot, as Snapshot.to_bytes writes it (checksummed)
+    NS:b:BLOCKHASH      the key of an entry whose tokens begin with that block prefix
+    NS:c:FP:NAMEHASH    a conversation's record (JSON), so that it resumes on another host
+
+Entry keys are content addresses (chained block hashes seeded with the model's fingerprint,
+kvcpu.store.keys), so any host with the same model file finds the longest prefix any host
+stored, and two writers of the same tokens write the same bytes. Redis does the eviction, by
+its own `maxmemory` policy (allkeys-lru is the one to use) and an optional TTL: any key may
+disappear at any moment. An index key whose entry is gone is a clean miss, and is deleted.
+
+A value is parsed only after its checksum and header verify, and used only when its tokens are
+the prompt's and its fingerprint the model's; anything else is deleted and missed. A server that
+is down, unreachable or slow never fails a turn: the tier logs one warning, counts the failure,
+answers as a miss until `retry_s` has passed, then tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..errors import KVCPUError, SnapshotError
+from ..snapshot import Snapshot
+from .keys import BLOCK_TOKENS, block_hashes, seed_hash, tail_key
+
+log = logging.getLogger(__name__)
+
+
+class RemoteError(KVCPUError):
+    """The remote tier's URL cannot be used (a malformed URL, no client library)."""
+
+
+@dataclass
+class RemoteStats:
+    """What the remote tier did in this process."""
+
+    puts: int = 0
+    hits: int = 0
+    misses: int = 0
+    refused: int = 0  # values that failed their checksum, header, fingerprint or tokens
+    failures: int = 0  # calls that met a down, unreachable or slow server
+    round_trips: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RemoteTier:
+    """Snapshots and conversation records in one Redis or Valkey database."""
+
+    def __init__(self, url: str, namespace: str = "kvcpu", ttl_s: int | None = None, timeout_s: float = 1.0,
+                 retry_s: float = 5.0):
+        try:
+            import redis
+        except ImportError as exc:
+            raise RemoteError("the remote tier needs the redis client: pip install redis") from exc
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise RemoteError(f"remote URL {redacted(url)!r} is not redis://, rediss:// or unix://")
+        self.url, self.ns, self.ttl_s, self.retry_s = url, namespace, ttl_s, retry_s
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                           health_check_interval=30)
+        self.stats = RemoteStats()
+        self._down_until = 0.0
+        self._down = False
+
+    # -- calls that may fail -------------------------------------------------------------------
+
+    def _call(self, what: str, fn, default=None):
+        """fn() against the server; on failure, one warning per outage and `default`."""
+        if self._down and time.monotonic() < self._down_until:
+            return default
+        try:
+            result = fn()
+        except self._errors as exc:
+            self.stats.failures += 1
+            if not self._down:
+                log.warning("remote tier %s failed (%s: %s); going on with the local tiers, retrying every "
+                            "%.0f s", redacted(self.url), what, type(exc).__name__, self.retry_s)
+            self._down, self._down_until = True, time.monotonic() + self.retry_s
+            return default
+        if self._down:
+            log.warning("remote tier %s is back", redacted(self.url))
+            self._down = False
+        return result
+
+    @property
+    def available(self) -> bool:
+        return not (self._down and time.monotonic() < self._down_until)
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def _entry(self, key: str) -> str:
+        return f"{self.ns}:e:{key}"
+
+    def _block(self, h: int) -> str:
+        return f"{self.ns}:b:{h:016x}"
+
+    def put(self, key: str, tokens: np.ndarray, fingerprint: str, blob: bytes) -> bool:
+        """Store a whole snapshot and point each of its block prefixes at it (one round trip)."""
+        def send():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self._entry(key), blob, ex=self.ttl_s)
+            for h in block_hashes(tokens, fingerprint):
+                pipe.set(self._block(h), key, ex=self.ttl_s)
+            pipe.execute()
+            return True
+
+        done = self._call("put", send, False)
+        if done:
+            self.stats.puts += 1
+            self.stats.round_trips += 1
+            self.stats.bytes_out += len(blob)
+        return bool(done)
+
+    def longest_prefix(self, tokens: Sequence[int], fingerprint: str, at_least: int = 0):
+        """(key, n_tokens, snapshot) of the entry sharing the longest prefix with `tokens`, longer
+        than `at_least`; None when no such entry is there (or the server is not)."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        hashes = list(block_hashes(tokens, fingerprint))
+        if not hashes and len(tokens) <= at_least:
+            return None
+        pointers = self._call("lookup", lambda: self.client.mget([self._block(h) for h in hashes])
+                              if hashes else [], None)
+        if pointers is None:
+            return None
+        self.stats.round_trips += 1
+        depth = next((i + 1 for i in range(len(pointers) - 1, -1, -1) if pointers[i] is not None), 0)
+        found = self._tail(tokens, fingerprint, depth, hashes)
+        tried = set()
+        for i in range(depth - 1, -1, -1):
+            if found is not None or (i + 1) * BLOCK_TOKENS <= at_least:
+                break
+            key = pointers[i].decode() if pointers[i] is not None else None
+            if key is None or key in tried:
+                continue
+            tried.add(key)
+            snap = self._fetch(key, tokens, fingerprint, (i + 1) * BLOCK_TOKENS, stale_index=self._block(hashes[i]))
+            if snap is not None:
+                found = (key, (i + 1) * BLOCK_TOKENS, snap)
+        if found is None or found[1] <= at_least:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        return found
+
+    def _tail(self, tokens: np.ndarray, fingerprint: str, depth: int, hashes: list[int]):
+        """An entry ending inside the block after the deepest match, all of it the prompt's."""
+        start = depth * BLOCK_TOKENS
+        last = hashes[depth - 1] if depth else seed_hash(fingerprint)
+        candidates = [(n, tail_key(last, tokens[start:n], n)) for n in range(min(len(tokens), start + BLOCK_TOKENS - 1),
+                                                                            start, -1)]
+        if not candidates:
+            return None
+        def check():
+            pipe = self.client.pipeline(transaction=False)
+            for _, key in candidates:
+                pipe.exists(self._entry(key))
+            return pipe.execute()
+
+        there = self._call("lookup", check, None)
+        if not there:
+            return None
+        self.stats.round_trips += 1
+        for (n, key), present in zip(candidates, there):
+            if present:
+                snap = self._fetch(key, tokens, fingerprint, n)
+                if snap is not None:
+                    return key, n, snap
+        return None
+
+    def _fetch(self, key: str, tokens: np.ndarray, fingerprint: str, n: int, stale_index: str | None = None):
+        """The entry under `key`, verified: checksum and header, the model, and its first n
+        tokens being the prompt's. A missing entry is a miss (its index key is deleted); a bad
+        one is deleted and missed."""
+        blob = self._call("get", lambda: self.client.get(self._entry(key)), None)
+        self.stats.round_trips += 1
+        if blob is None:
+            if stale_index is not None:  # evicted behind the index's back
+                self._call("clean", lambda: self.client.delete(stale_index))
+            return None
+        self.stats.bytes_in += len(blob)
+        try:
+            snap = Snapshot.from_bytes(blob, expect_fingerprint=fingerprint)
+            if snap.tokens is None or len(snap.tokens) < n or not np.array_equal(snap.tokens[:n], tokens[:n]):
+                raise SnapshotError("its tokens are not the prompt's")
+        except (SnapshotError, KVCPUError) as exc:
+            self.stats.refused += 1
+            log.warning("remote entry %s refused and deleted: %s", key, exc)
+            self._call("clean", lambda: self.client.delete(self._entry(key)))
+            return None
+        return snap
+
+    def delete(self, key: str) -> None:
+        self._call("delete", lambda: self.client.delete(self._entry(key)))
+
+    # -- conversation records -------------------------------------------------------------------
+
+    def _record(self, fingerprint: str, name: str) -> str:
+        return f"{self.ns}:c:{fingerprint}:{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+
+    def put_record(self, fingerprint: str, name: str, data: bytes) -> None:
+        self._call("put record", lambda: self.client.set(self._record(fingerprint, name), data, ex=self.ttl_s))
+
+    def get_record(self, fingerprint: str, name: str) -> bytes | None:
+        return self._call("get record", lambda: self.client.get(self._record(fingerprint, name)), None)
+
+    def delete_record(self, fingerprint: str, name: str) -> None:
+        self._call("delete record", lambda: self.client.delete(self._record(fingerprint, name)))
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except self._errors:
+            pass

@@ -1,0 +1,137 @@
+"""The remote tier against a real redis-server: two stores on separate disks share entries
+through it; bad values, evictions behind the index and a server that dies are clean misses."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from redisproc import RedisProcess
+from test_store import FP, snapshot
+from test_store_faults import over_doc
+
+from kvcpu.store import KVStore
+from kvcpu.store.keys import block_hashes
+from kvcpu.store.remote import RemoteTier, redacted
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisProcess()
+    yield server
+    server.stop()
+
+
+def host(tmp_path, name: str, url: str, **kw) -> KVStore:
+    return KVStore(1 << 30, disk_dir=tmp_path / name, remote=RemoteTier(url, retry_s=0.2, **kw), codec="f16")
+
+
+def test_an_entry_put_on_one_host_is_restored_on_another(tmp_path, redis_server):
+    a, b = host(tmp_path, "a", redis_server.url), host(tmp_path, "b", redis_server.url)
+    snap = snapshot([3] * 70, seed=3)
+    key = a.put(snap)
+    match = b.longest_prefix([3] * 70 + [9] * 5, FP)
+    assert match is not None and match.key == key and match.n_tokens == 70
+    assert b.get(key).to_bytes() == snap.to_bytes()
+    assert b.stats()["remote_hits"] == 1 and key in b  # kept in b's own tiers now
+    assert b.longest_prefix([3] * 40 + [8] * 5, FP).n_tokens == 32  # a prefix of it, to a whole block
+
+
+def test_a_shared_prefix_reaches_every_host(tmp_path, redis_server):
+    a, b = host(tmp_path, "a", redis_server.url), host(tmp_path, "b", redis_server.url)
+    a.put(over_doc(96, [1] * 30, seed=1))  # a system prompt and a first conversation over it
+    match = b.longest_prefix([7] * 96 + [2] * 20, FP)
+    assert match is not None and match.n_tokens == 96
+    state = b.get(match.key).decode(FP, n_tokens=96)
+    assert state.to_bytes() == over_doc(96, [1] * 30, seed=1).decode().head(96).to_bytes()
+
+
+def test_namespaces_and_models_are_apart(tmp_path, redis_server):
+    a = host(tmp_path, "a", redis_server.url)
+    a.put(snapshot([4] * 40, seed=4))
+    other_ns = KVStore(1 << 30, remote=RemoteTier(redis_server.url, namespace="other"))
+    assert other_ns.longest_prefix([4] * 40, FP) is None
+    other_model = KVStore(1 << 30, remote=RemoteTier(redis_server.url))
+    assert other_model.longest_prefix([4] * 40, "0" * 32) is None
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "other model", "evicted"])
+def test_bad_or_missing_values_are_clean_misses(tmp_path, redis_server, damage, caplog):
+    a, b = host(tmp_path, "a", redis_server.url), host(tmp_path, "b", redis_server.url)
+    key = a.put(snapshot([5] * 48, seed=5))
+    raw, name = redis_server.client(), f"kvcpu:e:{key}"
+    blob = raw.get(name)
+    if damage == "corrupt":
+        raw.set(name, blob[:-100] + bytes(b ^ 0xFF for b in blob[-100:]))
+    elif damage == "truncated":
+        raw.set(name, blob[: len(blob) // 2])
+    elif damage == "other model":
+        raw.set(name, snapshot([5] * 48, seed=5, fingerprint="0" * 32).to_bytes())
+    else:
+        raw.delete(name)  # Redis evicted the payload behind the index's back
+    with caplog.at_level(logging.WARNING):
+        assert b.longest_prefix([5] * 48 + [1], FP) is None
+    assert raw.get(name) is None  # the bad value is gone
+    if damage == "evicted":
+        deepest = list(block_hashes([5] * 48, FP))[-1]
+        assert raw.get(f"kvcpu:b:{deepest:016x}") is None  # the index entry that led nowhere is cleaned
+        assert b.stats()["remote"]["failures"] == 0 and b.stats()["remote"]["refused"] == 0
+    else:
+        assert b.stats()["remote"]["refused"] == 1 and "refused" in caplog.text
+
+
+def test_a_server_that_dies_is_a_warning_and_comes_back(tmp_path, redis_server, caplog):
+    a = host(tmp_path, "a", redis_server.url)
+    a.put(snapshot([6] * 40, seed=6))
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING):
+        for i in range(3):  # turns go on with the local tiers
+            key = a.put(snapshot([6] * 40 + [i] * 20, seed=i))
+            assert a.longest_prefix([6] * 40 + [i] * 20, FP).key == key
+    assert sum("going on with the local tiers" in r.getMessage() for r in caplog.records) == 1
+    assert a.stats()["remote"]["failures"] >= 1
+    redis_server.start()
+    time.sleep(0.3)  # past retry_s
+    key = a.put(snapshot([6] * 40 + [9] * 20, seed=9))
+    b = host(tmp_path, "b", redis_server.url)
+    assert b.longest_prefix([6] * 40 + [9] * 20, FP).key == key  # the remote is used again
+
+
+def test_a_ttl_is_set_when_asked(tmp_path, redis_server):
+    a = host(tmp_path, "a", redis_server.url, ttl_s=60)
+    key = a.put(snapshot([7] * 40, seed=7))
+    assert 0 < redis_server.client().ttl(f"kvcpu:e:{key}") <= 60
+
+
+def test_passwords_never_reach_the_log():
+    assert redacted("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("rediss://:s3cret@host/1") == "rediss://:***@host/1"
+    assert redacted("redis://host:6379") == "redis://host:6379"
+
+
+def test_concurrent_writers_lose_nothing_and_mix_nothing(tmp_path, redis_server):
+    """Two hosts write turns of the same conversations at once; a third reads each back whole."""
+    import threading
+
+    a, b = host(tmp_path, "a", redis_server.url), host(tmp_path, "b", redis_server.url)
+    written = {}
+
+    def write(store, offset):
+        for turn in range(6):
+            for conv in range(3):
+                tokens = [conv + 1] * 32 + [turn + offset] * (turn + 2)
+                snap = snapshot(tokens, seed=conv * 100 + turn + offset)
+                written[tuple(tokens)] = (store.put(snap), snap.to_bytes())
+
+    threads = [threading.Thread(target=write, args=(s, o)) for s, o in ((a, 0), (b, 50))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader = KVStore(1 << 30, remote=RemoteTier(redis_server.url))
+    for tokens, (key, blob) in written.items():
+        match = reader.longest_prefix(list(tokens) + [99], FP)
+        assert match is not None and match.key == key and reader.get(key).to_bytes() == blob
+    assert np.all([reader.get(k).tokens.size > 0 for k, _ in written.values()])
