@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from redisproc import RedisProcess
 
-from kvcpu.bench.servers import kvcpu_serve
+from kvcpu.bench.servers import RedisProcess, kvcpu_serve
 from kvcpu.data import eval_text
 
 TESTS = Path(__file__).resolve().parent

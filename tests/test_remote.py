@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from redisproc import RedisProcess
 from test_store import FP, snapshot
 from test_store_faults import over_doc
 
+from kvcpu.bench.servers import RedisProcess
 from kvcpu.store import KVStore
 from kvcpu.store.keys import block_hashes
 from kvcpu.store.remote import RemoteTier, redacted

@@ -134,8 +134,8 @@ class RemoteTier:
         return bool(done)
 
     def longest_prefix(self, tokens: Sequence[int], fingerprint: str, at_least: int = 0):
-        """(key, n_tokens, snapshot) of the entry sharing the longest prefix with `tokens`, longer
-        than `at_least`; None when no such entry is there (or the server is not)."""
+        """(key, n_tokens, snapshot, its bytes) of the entry sharing the longest prefix with
+        `tokens`, longer than `at_least`; None when no such entry is there (or the server is not)."""
         tokens = np.asarray(tokens, dtype=np.int32)
         hashes = list(block_hashes(tokens, fingerprint))
         if not hashes and len(tokens) <= at_least:
@@ -155,9 +155,9 @@ class RemoteTier:
             if key is None or key in tried:
                 continue
             tried.add(key)
-            snap = self._fetch(key, tokens, fingerprint, (i + 1) * BLOCK_TOKENS, stale_index=self._block(hashes[i]))
-            if snap is not None:
-                found = (key, (i + 1) * BLOCK_TOKENS, snap)
+            got = self._fetch(key, tokens, fingerprint, (i + 1) * BLOCK_TOKENS, stale_index=self._block(hashes[i]))
+            if got is not None:
+                found = (key, (i + 1) * BLOCK_TOKENS, *got)
         if found is None or found[1] <= at_least:
             self.stats.misses += 1
             return None
@@ -184,14 +184,14 @@ class RemoteTier:
         self.stats.round_trips += 1
         for (n, key), present in zip(candidates, there):
             if present:
-                snap = self._fetch(key, tokens, fingerprint, n)
-                if snap is not None:
-                    return key, n, snap
+                got = self._fetch(key, tokens, fingerprint, n)
+                if got is not None:
+                    return key, n, *got
         return None
 
     def _fetch(self, key: str, tokens: np.ndarray, fingerprint: str, n: int, stale_index: str | None = None):
-        """The entry under `key`, verified: checksum and header, the model, and its first n
-        tokens being the prompt's. A missing entry is a miss (its index key is deleted); a bad
+        """(snapshot, bytes) of the entry under `key`, verified: checksum and header, the model,
+        and its first n tokens being the prompt's. A missing entry is a miss (its index key is deleted); a bad
         one is deleted and missed."""
         blob = self._call("get", lambda: self.client.get(self._entry(key)), None)
         self.stats.round_trips += 1
@@ -209,7 +209,7 @@ class RemoteTier:
             log.warning("remote entry %s refused and deleted: %s", key, exc)
             self._call("clean", lambda: self.client.delete(self._entry(key)))
             return None
-        return snap
+        return snap, blob
 
     def delete(self, key: str) -> None:
         self._call("delete", lambda: self.client.delete(self._entry(key)))

@@ -436,13 +436,20 @@ class KVStore(PrefixSharing, DiskIndex):
             self._n.hits += 1
             return best
 
-    def _adopt(self, key: str, n_tokens: int, snapshot: Snapshot) -> Match | None:
-        """Keep what another host stored (verified by the remote tier) in the local tiers."""
+    def _adopt(self, key: str, n_tokens: int, snapshot: Snapshot, blob: bytes) -> Match | None:
+        """Keep what another host stored (verified by the remote tier) here: in RAM, where the
+        turn about to restore it reads it at once (the turn's own state goes to disk after it);
+        on disk only when it does not fit the RAM budget."""
         if key not in self._entries:
-            try:
-                self._put(snapshot, 1.0, supersede=False, owner=None)
-            except KVCPUError as exc:  # a full disk keeps it in RAM; too big for RAM alone: a miss
-                log.warning("an entry from the remote tier could not be kept here: %s", exc)
+            entry = _Entry(np.asarray(snapshot.tokens, dtype=np.int32), snapshot.fingerprint, 1.0)
+            if len(blob) <= self.budget:
+                self._keep(key, entry, blob, snapshot.packed.codec, on_disk=False)
+            elif self.disk is not None:
+                try:
+                    self._write_file(key, blob)
+                    self._keep(key, entry, blob, snapshot.packed.codec, on_disk=True)
+                except StoreDiskError as exc:
+                    log.warning("an entry from the remote tier could not be kept here: %s", exc)
         if key not in self._entries:
             return None
         self._n.remote_hits += 1
