@@ -88,7 +88,7 @@ def test_putting_a_shared_prefix_itself_changes_nothing():
     before = (len(store), store.used, store.stats()["shared_bases"])
     base = store.put(Snapshot.from_state(x.head(128), FP, "f16"))
     assert (len(store), store.used, store.stats()["shared_bases"]) == before
-    assert store._entries[base].dependents == 2
+    assert {row["key"]: row for row in store.entries()}[base]["shared_by"] == 2
 
 
 def test_sliding_window_states_are_stored_whole():

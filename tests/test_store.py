@@ -43,7 +43,7 @@ def brute_longest(entries: list[list[int]], prompt: list[int]) -> int:
 
 
 def ram_bytes(store: KVStore) -> int:
-    return sum(len(e.ram) for e in store._entries.values() if e.ram is not None)
+    return sum(len(blob) for blob in store.ram.blobs.values())
 
 
 token_lists = st.lists(st.integers(0, 3), min_size=1, max_size=70)

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..errors import KVCPUError, SnapshotError
 from ..fileio import atomic_write
 from ..snapshot import Snapshot
+from .tiers import Tier
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,13 @@ class StoreDiskError(KVCPUError):
     """The store directory cannot be used: not writable, or the disk is full."""
 
 
-class DiskTier:
-    """Snapshot files under `root`, indexed by key."""
+class DiskTier(Tier):
+    """Snapshot files under `root`, indexed by key, under a byte budget (by default half of what
+    the entries and the free space beside them come to, so a store never fills its disk)."""
 
-    def __init__(self, root: str | os.PathLike):
+    name = "disk"
+
+    def __init__(self, root: str | os.PathLike, budget: int | None = None, policy: str = "lru"):
         self.root = Path(root).expanduser()
         self.entries_dir = self.root / "entries"
         self.quarantine_dir = self.root / "quarantine"
@@ -61,6 +65,17 @@ class DiskTier:
         self._seen = -1  # the directory's generation this process's index reflects
         self._thread_lock = threading.RLock()
         self._depth = 0
+        super().__init__(budget or self.default_budget(), policy)
+
+    def _write(self, key: str, blob) -> None:
+        self.write(key, blob)
+
+    def _read(self, key: str) -> bytes | None:
+        found = self.read(key)
+        return found[0] if found else None
+
+    def _remove(self, key: str) -> None:
+        self.delete(key)
 
     @contextmanager
     def locked(self):

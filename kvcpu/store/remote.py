@@ -116,12 +116,16 @@ class RemoteTier:
     def _block(self, h: int) -> str:
         return f"{self.ns}:b:{h:016x}"
 
-    def put(self, key: str, tokens: np.ndarray, fingerprint: str, blob: bytes) -> bool:
-        """Store a whole snapshot and point each of its block prefixes at it (one round trip)."""
+    def put(self, key: str, tokens: np.ndarray, fingerprint: str, blob: bytes,
+            hashes: Sequence[int] | None = None) -> bool:
+        """Store a whole snapshot and point each of its block prefixes at it (one round trip).
+        `hashes`: its tokens' block hashes, when the caller has them already."""
+        hashes = list(block_hashes(tokens, fingerprint)) if hashes is None else hashes
+
         def send():
             pipe = self.client.pipeline(transaction=False)
             pipe.set(self._entry(key), blob, ex=self.ttl_s)
-            for h in block_hashes(tokens, fingerprint):
+            for h in hashes:
                 pipe.set(self._block(h), key, ex=self.ttl_s)
             pipe.execute()
             return True
@@ -133,11 +137,12 @@ class RemoteTier:
             self.stats.bytes_out += len(blob)
         return bool(done)
 
-    def longest_prefix(self, tokens: Sequence[int], fingerprint: str, at_least: int = 0):
+    def longest_prefix(self, tokens: Sequence[int], fingerprint: str, at_least: int = 0,
+                       hashes: Sequence[int] | None = None):
         """(key, n_tokens, snapshot, its bytes) of the entry sharing the longest prefix with
         `tokens`, longer than `at_least`; None when no such entry is there (or the server is not)."""
         tokens = np.asarray(tokens, dtype=np.int32)
-        hashes = list(block_hashes(tokens, fingerprint))
+        hashes = list(block_hashes(tokens, fingerprint)) if hashes is None else list(hashes)
         if not hashes and len(tokens) <= at_least:
             return None
         pointers = self._call("lookup", lambda: self.client.mget([self._block(h) for h in hashes])

@@ -1,5 +1,6 @@
 """Shared prefixes: what several conversations hold in common (a system prompt, a document)
-is stored once, as a base entry, and each conversation as the part after it.
+is stored once, as a base entry, and each conversation as the part after it. Sharing decides
+from the index what to share; the store writes the base and the parts.
 
 A delta entry's snapshot holds only its cells after the base; its header meta names the base
 ({"base": key, "base_tokens": m}); a base's meta says {"shared_base": true}. Reading a delta
@@ -8,12 +9,13 @@ joins the two (kvcpu.splice), bit for bit.
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
 from ..snapshot import Snapshot
-from ..splice import join, tail
+from ..splice import join
 from ..state import KVState
-from .keys import BLOCK_TOKENS, block_hashes, entry_key
+from .index import Entry, PrefixIndex
+from .keys import BLOCK_TOKENS, tail_key
 
 SHARE_MIN_TOKENS = 64  # shorter common prefixes are not worth a base of their own
 
@@ -52,85 +54,45 @@ class SharedSnapshot:
         return self.materialize().save(path)
 
 
-class PrefixSharing:
-    """KVStore's part that finds, creates and applies shared bases (its index and tiers are
-    KVStore's own)."""
+@dataclass(frozen=True)
+class SharePlan:
+    """What a put shares: the base (made now when `create`) and the whole entries to cut after it."""
 
-    def _base_for(self, tokens: np.ndarray, snapshot: Snapshot, exclude: set) -> tuple[str | None, int, KVState]:
-        """The shared base for a new entry, created when needed: the deepest block prefix the
-        new entry shares with others (at least SHARE_MIN_TOKENS). Entries that share it and are
-        stored whole are cut down to their own part. Returns (base key, its tokens, the new
-        entry's decoded state), or (None, 0, None) when nothing is shared."""
-        fp, m, sharers = snapshot.fingerprint, 0, set()
-        for i, h in enumerate(block_hashes(tokens, fp)):
-            holders = self._prefix.get(h, set()) - exclude
-            if not holders or (i + 1) * BLOCK_TOKENS >= len(tokens):
+    base: str
+    m: int
+    create: bool
+    rebase: tuple[str, ...]
+
+
+class Sharing:
+    """Decides what entries share, from the index alone; the store carries the plan out."""
+
+    def __init__(self, index: PrefixIndex, min_tokens: int = SHARE_MIN_TOKENS):
+        self.index, self.min_tokens = index, min_tokens
+        self.bases_made = 0
+
+    def plan(self, entry: Entry, exclude: set) -> SharePlan | None:
+        """The deepest block prefix the new entry shares with others (at least min_tokens, and
+        short of its end), or None when a base would only cost."""
+        m, sharers = 0, set()
+        for i, h in enumerate(entry.hashes):
+            holders = self.index.holders(h) - exclude
+            if not holders or (i + 1) * BLOCK_TOKENS >= len(entry.tokens):
                 break
             m, sharers = (i + 1) * BLOCK_TOKENS, holders
-        if m < SHARE_MIN_TOKENS:
-            return None, 0, None
-        base_key = entry_key(tokens[:m], fp)
-        if base_key in self._entries and not self._entries[base_key].is_base:
-            return None, 0, None  # an entry of exactly these tokens, under a policy: not a base
-        whole = [k for k in sharers - {base_key} if self._entries[k].base is None
-                 and not self._entries[k].is_base and len(self._entries[k].tokens) > m]
-        if base_key not in self._entries and not whole:
-            return None, 0, None  # nobody to share with: a base would only cost
-        state = snapshot.decode()
-        if len(state.blocks) != 1:
-            return None, 0, None  # sliding-window caches: cut and join are for one cache
-        if base_key not in self._entries:
-            base_snap = snapshot.recode(state.head(m), meta={"shared_base": True})
-            blob = base_snap.to_bytes()
-            if self.disk is not None:
-                self._write_file(base_key, blob)  # may fail: then nothing has changed yet
-            entry = self._new_entry(tokens[:m].copy(), fp, 0.0, shared_base=True)
-            self._index(base_key, entry)
-            self._place_base(entry, blob, base_snap.packed.codec)
-        self._entries[base_key].dependents += 1  # the new entry's hold
-        try:
-            for other in whole:
-                self._rebase(other, base_key, m)  # each either done whole or not at all
-        except Exception:
-            self._release_base(base_key)
-            raise
-        return base_key, m, state
+        if m < self.min_tokens:
+            return None
+        base_key = tail_key(entry.hashes[m // BLOCK_TOKENS - 1], entry.tokens[m:m], m)
+        existing = self.index.get(base_key)
+        if existing is not None and not existing.shared_base:
+            return None  # an entry of exactly these tokens, under a policy: not a base
+        whole = tuple(k for k in sharers - {base_key} if self.index[k].base is None and not self.index[k].shared_base
+                      and len(self.index[k].tokens) > m)
+        if existing is None and not whole:
+            return None  # nobody to share with
+        return SharePlan(base_key, m, existing is None, whole)
 
-    def _place_base(self, entry, blob: bytes, codec: str) -> None:
-        """A base lives in RAM and on disk (its file written already) while it has dependents;
-        no policy evicts it."""
-        entry.ram, entry.ram_codec = blob, codec
-        self.used += len(blob)
-        if self.disk is not None:
-            entry.disk_size, entry.disk_codec = len(blob), codec
-            self.disk_used += len(blob)
-
-    def _release_base(self, key: str) -> None:
-        """A put that held the base failed: let go, and drop the base if nobody else holds it."""
-        base = self._entries.get(key)
-        if base is not None:
-            base.dependents -= 1
-            if base.dependents <= 0:
-                self._drop_everywhere(key)
-
-    def _rebase(self, key: str, base_key: str, m: int) -> None:
-        """Cut a whole entry down to its cells after a new shared base: its file is rewritten
-        first, so a failed write leaves it whole. An entry that is a delta already (another
-        process rebased it) is left alone."""
-        entry = self._entries[key]
-        if entry.base is not None:
-            return
-        snap = self._read(key)
-        part = snap.recode(tail(snap.decode(), m), meta={**snap.meta, "base": base_key, "base_tokens": m})
-        blob = part.to_bytes()
-        if entry.disk_size:
-            self._write_file(key, blob)
-            self.disk_used += len(blob) - entry.disk_size
-            entry.disk_size = len(blob)
-            self.disk_policy.on_resize(key, len(blob))
-        if entry.ram is not None:
-            self.used += len(blob) - len(entry.ram)
-            entry.ram = blob
-            self.ram_policy.on_resize(key, len(blob))
-        entry.base, entry.base_tokens = base_key, m
-        self._entries[base_key].dependents += 1
+    def base_entry(self, entry: Entry, m: int) -> Entry:
+        """The base's own entry: the first m tokens, their hashes taken from the new entry's."""
+        return Entry(entry.tokens[:m].copy(), entry.fingerprint, entry.hashes[: m // BLOCK_TOKENS], cost=0.0,
+                     shared_base=True)

@@ -1,0 +1,65 @@
+"""Bringing a store's index in line with its directory: at open, and whenever another process
+changed the directory. It runs under the directory's lock, so that a decision taken under the
+same lock sees what is on disk now."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .index import Entry
+
+
+def sync_from_disk(store) -> None:
+    """Forget what another process removed or rewrote, then add what is new: shared bases
+    first, then the entries that continue them, oldest first (so recency starts right). A file
+    whose content is not what its name says, or a part whose base is gone, is quarantined."""
+    disk = store.disk
+    with disk.locked():
+        found = disk.scan()
+        store.holding_bases = True  # a base may lose its last holder here only for a moment
+        try:
+            _forget_changed(store, found)
+            for key, info in sorted(found.items(), key=lambda kv: (not kv[1]["meta"].get("shared_base"),
+                                                                   kv[1]["created"])):
+                if not (key in store.index and disk.holds(key)):
+                    _add_file(store, key, info)
+        finally:
+            store.holding_bases = False
+        for key in [k for k, e in store.index.entries.items() if e.shared_base and e.dependents == 0]:
+            store.drop_everywhere(key)  # a base whose dependents are all gone
+        store.enforce(disk)
+
+
+def _forget_changed(store, found: dict) -> None:
+    """Entries whose file another process removed, or rewrote (cut to a part, demoted)."""
+    disk = store.disk
+    for key in list(store.index):
+        entry = store.index.get(key)
+        if entry is None or entry.shared_base or not disk.holds(key):
+            continue
+        info = found.get(key)
+        if info is None:  # evicted or deleted elsewhere: a RAM copy may stay
+            disk.drop(key, keep_bytes=True)
+            store.unindex_if_gone(key)
+        elif info["meta"].get("base") != entry.base or info["size"] != disk.sizes[key]:
+            store.forget(key, keep_file=True)  # the RAM copy is of the old form: read it anew
+
+
+def _add_file(store, key: str, info: dict) -> None:
+    meta, disk, index = info["meta"], store.disk, store.index
+    base, m, tokens = meta.get("base"), int(meta.get("base_tokens") or 0), info["tokens"]
+    if base is not None:
+        if base not in index or not index[base].shared_base:
+            disk.quarantine(disk.path(key), f"it continues a shared prefix {base} that is gone")
+            return
+        tokens = np.concatenate([index[base].tokens, tokens]).astype(np.int32)
+    shared = bool(meta.get("shared_base"))
+    entry = Entry.of(tokens, info["fingerprint"], base=base, base_tokens=m, shared_base=shared)
+    if entry.key != key:  # renamed, copied, or cut wrongly
+        disk.quarantine(disk.path(key), "its content is not the entry its name says")
+        return
+    if key not in index:
+        index.add(key, entry)
+        if base is not None:
+            index[base].dependents += 1
+    disk.register(key, info["size"], info["codec"], index[key].cost, ordered=not shared)
