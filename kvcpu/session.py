@@ -24,6 +24,7 @@ from .errors import KVCPUError
 from .records import RecordError, Records
 from .snapshot import Snapshot
 from .store import KVStore
+from .store.store import refuse_merged_cells
 from .template import ChatFormat
 from .turn import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats, TurnRunner, TurnStats, interrupts_deferred
 
@@ -59,14 +60,16 @@ class Session:
                  disk_dir=None, store: KVStore | None = None, n_ctx: int = 4096, policy: str = "hybrid",
                  keep_first: int = 32, n_threads: int | None = None, progress: bool = False,
                  remote: str | None = None, remote_namespace: str = "kvcpu"):
+        if store is not None:
+            refuse_merged_cells(codec)
+        self._owns_store = store is None  # made first: a store it refuses costs no model load
+        self.store = store if store is not None else KVStore(budget_bytes, policy=policy, disk_dir=disk_dir,
+                                                              codec=codec, remote=remote,
+                                                              remote_namespace=remote_namespace)
         self._owns_engine = not isinstance(model, Engine)  # an engine passed in stays the caller's
         self.engine = model if isinstance(model, Engine) else Engine.from_config(
             model, EngineConfig(n_ctx=n_ctx, n_threads=n_threads), progress=progress)
         self.fingerprint = self.engine.info.fingerprint
-        self._owns_store = store is None
-        self.store = store if store is not None else KVStore(budget_bytes, policy=policy, disk_dir=disk_dir,
-                                                              codec=codec, remote=remote,
-                                                              remote_namespace=remote_namespace)
         self.codec = codec
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import pytest
 from test_store import FP, snapshot
 from test_store_faults import over_doc
@@ -111,27 +110,35 @@ def test_passwords_never_reach_the_log():
     assert redacted("redis://host:6379") == "redis://host:6379"
 
 
-def test_concurrent_writers_lose_nothing_and_mix_nothing(tmp_path, redis_server):
-    """Two hosts write turns of the same conversations at once; a third reads each back whole."""
-    import threading
+def test_two_writer_processes_lose_nothing_and_mix_nothing(tmp_path, redis_server):
+    """Two hosts write the same conversations' next turns at once; a third reads each back whole."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    a, b = host(tmp_path, "a", redis_server.url), host(tmp_path, "b", redis_server.url)
-    written = {}
+    from remote_writer import turn_snapshot
 
-    def write(store, offset):
-        for turn in range(6):
-            for conv in range(3):
-                tokens = [conv + 1] * 32 + [turn + offset] * (turn + 2)
-                snap = snapshot(tokens, seed=conv * 100 + turn + offset)
-                written[tuple(tokens)] = (store.put(snap), snap.to_bytes())
-
-    threads = [threading.Thread(target=write, args=(s, o)) for s, o in ((a, 0), (b, 50))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    script = Path(__file__).resolve().parent / "remote_writer.py"
+    procs = [subprocess.Popen([sys.executable, str(script), redis_server.url, str(tmp_path / f"host{o}"), str(o)],
+                              stdout=subprocess.PIPE, text=True) for o in (0, 50)]
+    keys = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and [len(k) for k in keys] == [24, 24]
     reader = KVStore(1 << 30, remote=RemoteTier(redis_server.url))
-    for tokens, (key, blob) in written.items():
-        match = reader.longest_prefix(list(tokens) + [99], FP)
-        assert match is not None and match.key == key and reader.get(key).to_bytes() == blob
-    assert np.all([reader.get(k).tokens.size > 0 for k, _ in written.values()])
+    for offset, written in zip((0, 50), keys):
+        for i, key in enumerate(written):
+            snap = turn_snapshot(i % 3, i // 3, offset)
+            match = reader.longest_prefix(list(snap.tokens) + [99], FP)
+            assert match is not None and match.key == key
+            assert reader.get(key).decode().to_bytes() == snap.decode().to_bytes()
+
+
+def test_a_slow_server_times_out_into_a_miss(tmp_path, redis_server, caplog):
+    """A server that does not answer in time (paused) is a failure counted and a local answer."""
+    a = KVStore(1 << 30, remote=RemoteTier(redis_server.url, timeout_s=0.2, retry_s=60))
+    key = a.put(snapshot([8] * 40, seed=8))
+    redis_server.client().execute_command("CLIENT", "PAUSE", 1500)
+    with caplog.at_level(logging.WARNING):
+        assert a.longest_prefix([8] * 40 + [1] * 20, FP).key == key  # from RAM
+        assert a.longest_prefix([2] * 40, FP) is None
+    assert a.stats()["remote"]["failures"] == 1  # then no more waiting until the retry
+    assert "TimeoutError" in caplog.text

@@ -138,3 +138,10 @@ def test_f11_an_unusable_store_directory_goes_on_in_ram_with_a_warning(model_pat
     assert done.stdout.strip()
     said = " ".join(done.stderr.split())
     assert "RAM only" in said and "is not usable: Not a directory" in said
+
+
+def test_f5_a_session_refuses_a_codec_that_merges_cells_before_loading_the_model(tmp_path):
+    from kvcpu.errors import KVCPUError
+
+    with pytest.raises(KVCPUError, match="merges cells"):
+        Session(tmp_path / "no-such-model.gguf", codec="cluster")  # refused before the model is looked for

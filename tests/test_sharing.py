@@ -103,3 +103,22 @@ def test_sliding_window_states_are_stored_whole():
     kx, ky = (store.put(Snapshot.from_state(s, FP, "f16")) for s in (x, y))
     assert store.stats()["shared_bases"] == 0 and len(store) == 2
     assert store.get(kx).decode().to_bytes() == x.to_bytes() and store.get(ky).decode().to_bytes() == y.to_bytes()
+
+
+def test_a_put_serializes_once_and_hashes_its_tokens_once(monkeypatch):
+    """With sharing, a put that makes a base and cuts a sharer still serializes the new
+    snapshot once and computes its hash chain once (the index, the plan and the key share it)."""
+    import kvcpu.store.index as index
+
+    x, y = two_conversations()
+    store = KVStore(1 << 30, policy="lru")
+    store.put(Snapshot.from_state(x, FP, "f16"))
+    chains, serialized = [], []
+    real_hashes = index.block_hashes
+    monkeypatch.setattr(index, "block_hashes", lambda *a: chains.append(1) or real_hashes(*a))
+    snap = Snapshot.from_state(y, FP, "f16")
+    real_bytes = snap.to_bytes
+    monkeypatch.setattr(snap, "to_bytes", lambda: serialized.append(1) or real_bytes())
+    store.put(snap)
+    assert store.stats()["shared_bases"] == 1
+    assert len(chains) == 1 and len(serialized) == 1

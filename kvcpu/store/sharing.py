@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..snapshot import Snapshot
-from ..splice import join
+from ..splice import join, tail
 from ..state import KVState
-from .index import Entry, PrefixIndex
+from .index import Entry
 from .keys import BLOCK_TOKENS, tail_key
 
 SHARE_MIN_TOKENS = 64  # shorter common prefixes are not worth a base of their own
@@ -65,11 +65,67 @@ class SharePlan:
 
 
 class Sharing:
-    """Decides what entries share, from the index alone; the store carries the plan out."""
+    """Decides from the index what a new entry shares, and carries it out over the store's
+    tiers: the base written and held, whole sharers cut down to their parts. It uses of the
+    store only its index, its tiers, `read_own` and `drop_everywhere`."""
 
-    def __init__(self, index: PrefixIndex, min_tokens: int = SHARE_MIN_TOKENS):
-        self.index, self.min_tokens = index, min_tokens
+    def __init__(self, store, min_tokens: int = SHARE_MIN_TOKENS):
+        self.store, self.index, self.min_tokens = store, store.index, min_tokens
         self.bases_made = 0
+
+    def share(self, snapshot: Snapshot, entry: Entry, whole: bytes, exclude: set):
+        """(plan or None, the new entry's bytes: its own part after the base, or `whole`)."""
+        plan = self.plan(entry, exclude)
+        if plan is None:
+            return None, whole
+        state = snapshot.decode()
+        if len(state.blocks) != 1:
+            return None, whole  # sliding-window caches: cut and join are for one cache
+        if plan.create:
+            self._make_base(snapshot, state, entry, plan)
+        self.index[plan.base].dependents += 1  # the new entry's hold
+        try:
+            for other in plan.rebase:
+                self._rebase(other, plan.base, plan.m)  # each done whole or not at all
+        except Exception:
+            self.release(plan.base)
+            raise
+        part = snapshot.recode(tail(state, plan.m), meta={**snapshot.meta, "base": plan.base, "base_tokens": plan.m})
+        return plan, part.to_bytes()
+
+    def _make_base(self, snapshot: Snapshot, state: KVState, entry: Entry, plan: SharePlan) -> None:
+        base_snap = snapshot.recode(state.head(plan.m), meta={"shared_base": True})
+        blob, codec = base_snap.to_bytes(), base_snap.packed.codec
+        disk = self.store.disk
+        if disk is not None:
+            disk.write(plan.base, blob)  # may fail: then nothing has changed yet
+            disk.register(plan.base, len(blob), codec, ordered=False)
+        self.index.add(plan.base, self.base_entry(entry, plan.m))
+        self.store.ram.add(plan.base, blob, codec, ordered=False)
+        self.bases_made += 1
+
+    def _rebase(self, key: str, base_key: str, m: int) -> None:
+        """Cut a whole entry down to its cells after a new base: the file first, so a failed
+        write leaves it whole; an entry already cut (by another process) is left alone."""
+        entry = self.index[key]
+        if entry.base is not None:
+            return
+        snap = self.store.read_own(key, touch=False)
+        part = snap.recode(tail(snap.decode(), m), meta={**snap.meta, "base": base_key, "base_tokens": m})
+        blob = part.to_bytes()
+        for tier in reversed(self.store.tiers):  # the disk before RAM
+            if tier.holds(key):
+                tier.resize(key, blob, part.packed.codec)
+        entry.base, entry.base_tokens = base_key, m
+        self.index[base_key].dependents += 1
+
+    def release(self, base_key: str) -> None:
+        """A put that held a base failed: let go, and drop the base if nobody else holds it."""
+        base = self.index.get(base_key)
+        if base is not None:
+            base.dependents -= 1
+            if base.dependents <= 0:
+                self.store.drop_everywhere(base_key)
 
     def plan(self, entry: Entry, exclude: set) -> SharePlan | None:
         """The deepest block prefix the new entry shares with others (at least min_tokens, and

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..codecs import merges_cells
 from ..errors import KVCPUError
 from ..snapshot import Snapshot
-from ..splice import tail
+from . import report
 from .disk import DiskTier, StoreDiskError
 from .index import Entry, Match, PrefixIndex
 from .keys import block_hashes
@@ -37,17 +35,6 @@ DEFAULT_LADDER = ("f16", "int8", "int4-rot")
 __all__ = ["DEFAULT_LADDER", "KVStore", "Match"]
 
 
-@dataclass
-class _Counters:
-    lookups: int = 0
-    hits: int = 0
-    puts: int = 0
-    evictions: dict = field(default_factory=lambda: defaultdict(int))
-    demotions: dict = field(default_factory=lambda: defaultdict(int))
-    disk_errors: int = 0
-    remote_hits: int = 0
-
-
 class KVStore:
     """Snapshots of one or more models in RAM, on disk and on a shared remote. Thread-safe."""
 
@@ -58,15 +45,15 @@ class KVStore:
         if budget_bytes <= 0:
             raise KVCPUError(f"budget_bytes must be positive, not {budget_bytes}")
         for name in (codec, *ladder):
-            _refuse_merged_cells(name)
+            refuse_merged_cells(name)
         self.codec, self.ladder, self.policy_name, self.share = codec, tuple(ladder), policy, share
         self.ram = RamTier(int(budget_bytes), policy)
         self.disk = DiskTier(disk_dir, disk_budget_bytes, policy) if disk_dir is not None else None
         self.remote = RemoteTier(remote, remote_namespace, remote_ttl_s) if isinstance(remote, str) else remote
         self.tiers: list[Tier] = [t for t in (self.ram, self.disk) if t is not None]
         self.index = PrefixIndex()
-        self.sharing = Sharing(self.index)
-        self._n = _Counters()
+        self.sharing = Sharing(self)
+        self._n = report.Counters()
         self._lock = threading.RLock()
         self.holding_bases = False  # while the index is rebuilt: bases stay until it is whole
         if self.disk is not None:
@@ -160,7 +147,7 @@ class KVStore:
         """
         if snapshot.tokens is None:
             raise KVCPUError("a snapshot without token ids cannot be found by prefix; it has no key")
-        _refuse_merged_cells(snapshot.packed.codec)
+        refuse_merged_cells(snapshot.packed.codec)
         entry = Entry.of(snapshot.tokens, snapshot.fingerprint, cost=cost, owner=owner)  # its hash chain, once
         key, whole = entry.key, snapshot.to_bytes()  # its one serialization
         try:
@@ -180,13 +167,13 @@ class KVStore:
             plan, blob = None, whole
             try:
                 if self.share:
-                    plan, blob = self._share(snapshot, entry, whole, exclude=set(superseded) | {key})
+                    plan, blob = self.sharing.share(snapshot, entry, whole, exclude=set(superseded) | {key})
                 if self.disk is not None:
                     self.disk.write(key, blob)  # durable before anything it supersedes goes
             except StoreDiskError:
                 self._n.disk_errors += 1
                 if plan is not None:
-                    self._release(plan.base)
+                    self.sharing.release(plan.base)
                 self.forget(key, keep_file=True)
                 self._keep(key, entry, whole, codec, on_disk=False)
                 raise
@@ -210,57 +197,6 @@ class KVStore:
         if key in self.index and len(blob) <= self.ram.budget:
             self.ram.add(key, blob, codec, entry.cost, entry.owner)
             self.enforce(self.ram)
-
-    def _share(self, snapshot: Snapshot, entry: Entry, whole: bytes, exclude: set):
-        """Carry out Sharing's plan: the base written and held, whole sharers cut down to their
-        parts, and the new entry's own part encoded. Returns (plan or None, the entry's bytes)."""
-        plan = self.sharing.plan(entry, exclude)
-        if plan is None:
-            return None, whole
-        state = snapshot.decode()
-        if len(state.blocks) != 1:
-            return None, whole  # sliding-window caches: cut and join are for one cache
-        if plan.create:
-            base_snap = snapshot.recode(state.head(plan.m), meta={"shared_base": True})
-            base_blob, codec = base_snap.to_bytes(), base_snap.packed.codec
-            if self.disk is not None:
-                self.disk.write(plan.base, base_blob)  # may fail: then nothing has changed yet
-                self.disk.register(plan.base, len(base_blob), codec, ordered=False)
-            self.index.add(plan.base, self.sharing.base_entry(entry, plan.m))
-            self.ram.add(plan.base, base_blob, codec, ordered=False)
-            self.sharing.bases_made += 1
-        self.index[plan.base].dependents += 1  # the new entry's hold
-        try:
-            for other in plan.rebase:
-                self._rebase(other, plan.base, plan.m)  # each done whole or not at all
-        except Exception:
-            self._release(plan.base)
-            raise
-        part = snapshot.recode(tail(state, plan.m), meta={**snapshot.meta, "base": plan.base, "base_tokens": plan.m})
-        return plan, part.to_bytes()
-
-    def _rebase(self, key: str, base_key: str, m: int) -> None:
-        """Cut a whole entry down to its cells after a new base: the file first, so a failed
-        write leaves it whole; an entry already cut (by another process) is left alone."""
-        entry = self.index[key]
-        if entry.base is not None:
-            return
-        snap = self._read_own(key, touch=False)
-        part = snap.recode(tail(snap.decode(), m), meta={**snap.meta, "base": base_key, "base_tokens": m})
-        blob = part.to_bytes()
-        for tier in reversed(self.tiers):  # the disk before RAM
-            if tier.holds(key):
-                tier.resize(key, blob, part.packed.codec)
-        entry.base, entry.base_tokens = base_key, m
-        self.index[base_key].dependents += 1
-
-    def _release(self, base_key: str) -> None:
-        """A put that held a base failed: let go, and drop the base if nobody else holds it."""
-        base = self.index.get(base_key)
-        if base is not None:
-            base.dependents -= 1
-            if base.dependents <= 0:
-                self.drop_everywhere(base_key)
 
     def put_state(self, state, fingerprint: str, cost: float = 1.0, owner=None, **snapshot_kw) -> str:
         """Encode a KVState with the store's codec and keep it."""
@@ -290,12 +226,12 @@ class KVStore:
                 raise KVCPUError(f"no entry {key!r} in the store")
             if owner is not None:
                 entry.owner = owner
-            own = self._read_own(key)
+            own = self.read_own(key)
             if entry.base is None:
                 return own
-            return SharedSnapshot(self._read_own(entry.base), own, entry.tokens)
+            return SharedSnapshot(self.read_own(entry.base), own, entry.tokens)
 
-    def _read_own(self, key: str, touch: bool = True) -> Snapshot:
+    def read_own(self, key: str, touch: bool = True) -> Snapshot:
         """One entry's own snapshot, from RAM or else from disk (then cached in RAM)."""
         entry = self.index[key]
         blob = self.ram.fetch(key)
@@ -384,12 +320,8 @@ class KVStore:
 
     def entries(self) -> list[dict]:
         """One row per entry: key, tokens, where it is, its codec and bytes per tier."""
-        disk = self.disk or RamTier(1)
         with self._lock:
-            return [{"key": k, "tokens": len(e.tokens), "in_ram": self.ram.holds(k), "on_disk": disk.holds(k),
-                     "ram_bytes": self.ram.sizes.get(k, 0), "disk_bytes": disk.sizes.get(k, 0),
-                     "codec": self.ram.codecs.get(k) or disk.codecs.get(k, ""), "shared_by": e.dependents,
-                     "continues": e.base} for k, e in self.index.entries.items()]
+            return report.entries(self)
 
     def gc(self, verify: bool = False) -> dict:
         """Rescan the directory (removing temporary files of dead writers, quarantining unreadable
@@ -409,18 +341,9 @@ class KVStore:
                     "quarantined": self.disk.quarantined}
 
     def stats(self) -> dict:
+        """Entries, bytes and budgets per tier, lookups and hits, evictions, demotions, sharing."""
         with self._lock:
-            n, disk = self._n, self.disk
-            bases = [e for e in self.index.entries.values() if e.shared_base]
-            return {"entries": len(self.index), "ram_bytes": self.ram.used, "budget_bytes": self.ram.budget,
-                    "disk_bytes": disk.used if disk else 0, "disk_budget_bytes": disk.budget if disk else 0,
-                    "policy": self.policy_name, "lookups": n.lookups, "hits": n.hits,
-                    "hit_ratio": n.hits / max(n.lookups, 1), "puts": n.puts, "evictions": dict(n.evictions),
-                    "demotions": dict(n.demotions), "disk_errors": n.disk_errors, "shared_bases": len(bases),
-                    "sharing_saved_bytes": sum(self.stored_bytes(k) * (self.index[k].dependents - 1)
-                                               for k, e in self.index.entries.items() if e.shared_base),
-                    "quarantined": disk.quarantined if disk else 0, "remote_hits": n.remote_hits,
-                    "remote": asdict(self.remote.stats) if self.remote is not None else None}
+            return report.stats(self)
 
     def close(self) -> None:
         """Forget the RAM tier; with a disk tier, add this process's counters to its totals."""
@@ -432,7 +355,7 @@ class KVStore:
                                         "disk_errors": n.disk_errors})
                 self.disk.close()
             self.index = PrefixIndex()  # nothing is held any more
-            self.sharing = Sharing(self.index)
+            self.sharing = Sharing(self)
             self.ram = RamTier(self.ram.budget)
             self.tiers = [self.ram]
             if self.remote is not None:
@@ -445,7 +368,7 @@ class KVStore:
         self.close()
 
 
-def _refuse_merged_cells(codec_name: str) -> None:
+def refuse_merged_cells(codec_name: str) -> None:
     """A codec that merges cells (cluster) holds fewer cells than tokens: prefix cuts, shared
     bases and keys all count tokens, so the store refuses it rather than misread it."""
     if merges_cells(codec_name):
