@@ -19,28 +19,61 @@ from kvcpu.bench.recommend import render as render_recommendation
 from kvcpu.bench.report import machine_line, machine_table, suite_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
-PLOTS_IN_README = {"restore", "turn", "quality", "session"}  # the rest are in bench/results/report.md
+PLOTS_IN_README = {"turn", "serve"}  # the rest are in bench/results/report.md
+
+# The headline table: (what it means for a user, suite, how to say its figures).
+HEADLINE = [
+    ("Back to a 2,048-token conversation: restore from RAM instead of prefill", "restore",
+     lambda h: f"{h['restore_ram_ms']:.0f} ms instead of {h['prefill_ms'] / 1e3:.1f} s ({h['speedup_ram']:.0f}x)"),
+    ("The same inside a chat turn, int8, 2,000 tokens (memcpy of its f16 bytes as the ceiling)", "turn",
+     lambda h: f"{h['int8_restore_ms']:.0f} ms, {h['int8_restore_vs_memcpy']:.1f}x memcpy; first turn after a "
+               f"start {h['int8_cold_vs_warm']:.2f}x a warm one"),
+    ("Five interleaved conversations, time to first token against plain llama-cpp-python", "session",
+     lambda h: f"{h['speedup_int8']:.1f}x sooner (int8)"),
+    ("kvcpu serve against llama-cpp-python's server with its cache, agent trace", "serve",
+     lambda h: f"time to first token {h['ttft_speedup']:.1f}x lower ({h['ttft_warm_speedup']:.1f}x after the "
+               f"cold first request); after a restart {h['restart_over_warm']:.2f}x a warm request"),
+    ("A 2,000-token conversation resumed on a second host from Redis", "remote",
+     lambda h: f"{h['redis_over_prefill']:.1%} of prefilling it; {h['redis_over_disk']:.2f}x a resume from "
+               "the local disk"),
+    ("Snapshot size against f16, and mean KL (noise floor: flash attention on or off)", "quality",
+     lambda h: f"int8 {h['int8_ratio']:.2f}x smaller, KL {h['int8_kl']:.4f}; int4-rot {h['int4-rot_ratio']:.2f}x, "
+               f"KL {h['int4-rot_kl']:.4f} (floor {h['noise_floor_kl']:.4f})"),
+]
+
+
+def headline(doc: dict) -> str:
+    """One table of what kvcpu does, a row per suite, each naming the suite that measured it."""
+    rows = []
+    for what, suite, say in HEADLINE:
+        if suite in doc["suites"]:
+            h = {k: f["value"] for k, f in doc["suites"][suite]["headline"].items()}
+            rows.append(f"| {what} | {say(h)} | `{suite}` |")
+    return "| | measured | suite |\n|---|---|---|\n" + "\n".join(rows)
 
 
 def sections(doc: dict, results_dir: str) -> dict[str, str]:
-    """Section name -> Markdown, each ending with where its figures came from."""
+    """Section name -> Markdown, each ending with the run that made its figures (the machine is
+    named once, in the machine section)."""
 
     def source_of(suite: dict | None = None) -> str:  # a suite kept by --merge names its own run
         command = (suite or {}).get("command", doc["command"])
-        return (f"From `{results_dir}/results.json`, made by `{command}` on {machine_line(doc, suite)}."
-                f" Full report: `{results_dir}/report.md`.</sub>")
+        commit = (suite or {}).get("commit", doc["software"].get("commit"))
+        return f"made by `{command}`" + (f" at commit {commit}" if commit else "") + "; the machine is below."
 
-    source = "<sub>" + source_of()
     measuring = sum(suite["seconds"] for suite in doc["suites"].values()) / 60
-    took = (f"\n\nThe suites took {measuring:.1f} minutes of measuring in all; this file was last written by the run "
-            f"of {doc['created']}.\n\n")
-    out = {"machine": machine_table(doc) + took + source,
-           "recommendation": render_recommendation(doc["recommendation"]) + "\n\n" + source}
+    out = {"machine": (f"{machine_table(doc)}\n\nThe suites took {measuring:.1f} minutes of measuring in all; "
+                       f"`{results_dir}/results.json` was last written by the run of {doc['created']}.\n\n"
+                       f"<sub>{machine_line(doc)}</sub>"),
+           "headline": headline(doc) + f"\n\n<sub>From `{results_dir}/results.json`; each suite's command is "
+                                       f"in `{results_dir}/report.md`.</sub>",
+           "recommendation": render_recommendation(doc["recommendation"]) + f"\n\n<sub>Recomputed by the run of "
+                                                                             f"{doc['created']}, {source_of()}</sub>"}
     for name, suite in doc["suites"].items():
         text = suite_markdown(name, suite, short=True)
         if name in PLOTS_IN_README:
             text += "\n\n" + " ".join(f"![{name}]({results_dir}/{p})" for p in suite["plots"])
-        out[name] = f"{text}\n\n<sub>Suite `{name}`, {suite['created']}. {source_of(suite)}"
+        out[name] = f"{text}\n\n<sub>Suite `{name}`, {suite['created']}, {source_of(suite)}</sub>"
     return out
 
 
