@@ -13,11 +13,12 @@ from kvcpu.layout import LAYOUTS
 from kvcpu.quality import compare, continuation_logits
 
 LOSSY = ["int8", "int4", "int4-rot", "svd", "cluster", "adaptive"]
-# Loose on purpose: a broken codec lands orders of magnitude above these, a noisy one below.
-# bench/quality.py measures them on a longer prompt: int8 ~0.003, int4 ~0.006, int4-rot ~0.009,
-# adaptive (ratio 4) ~0.015, cluster ~0.06, svd ~0.07.
-KL_BOUND = {"f16": 0.0, "int8": 0.05, "int4": 0.1, "int4-rot": 0.1, "adaptive": 0.15, "cluster": 0.3, "svd": 0.4}
-TOP1_FLOOR = {"f16": 1.0, "int8": 0.85, "int4": 0.85, "int4-rot": 0.85, "adaptive": 0.8, "cluster": 0.7, "svd": 0.7}
+# About 3x the KL measured on this scene (the worst of the four layouts), so that a real regression
+# fails: int8 0.0030, int4 0.0060, int4-rot 0.0090, cluster 0.0146, adaptive (ratio 4) 0.0174,
+# svd 0.087; top-1 agreement over its 64 positions 0.984, 0.969, 0.969, 0.875, 0.875, 0.859.
+KL_BOUND = {"f16": 0.0, "int8": 0.009, "int4": 0.018, "int4-rot": 0.027, "adaptive": 0.052, "cluster": 0.045,
+            "svd": 0.26}
+TOP1_FLOOR = {"f16": 1.0, "int8": 0.95, "int4": 0.93, "int4-rot": 0.93, "adaptive": 0.8, "cluster": 0.8, "svd": 0.78}
 # Below these something is wrong with the encoding; svd at 99% energy barely beats f16 on this
 # model's KV, which is a finding, not a bug.
 MIN_RATIO = {"f16": 0.99, "int8": 1.8, "int4": 2.5, "int4-rot": 3.3, "adaptive": 3.9, "cluster": 1.05, "svd": 0.9}

@@ -107,7 +107,9 @@ class CompressedKV:
     def header(self) -> dict:
         return {"codec": self.codec, "params": self.params, "layout": self.layout, "meta": self.meta,
                 "n_tokens": self.n_tokens, "f16_kv_bytes": self.f16_kv_bytes,
-                "has_tokens": self.tokens is not None}
+                "has_tokens": self.tokens is not None,
+                # token ids are one per position: as many as cells, unless cells were merged
+                "n_token_ids": 0 if self.tokens is None else len(self.tokens)}
 
     def frame_sections(self) -> list:
         tokens = np.empty(0, np.int32) if self.tokens is None else np.asarray(self.tokens, dtype="<i4")
@@ -132,9 +134,11 @@ class CompressedKV:
         has_tokens = f(header, "has_tokens", bool, what)
         if not sections:
             raise SnapshotHeaderError(f"{what} has no token section")
+        # Snapshots before n_token_ids held one token id per cell.
+        expected = f(header, "n_token_ids", int, what) if "n_token_ids" in header else n_tokens
         tokens = sections[0]
-        if has_tokens and len(tokens) != 4 * n_tokens or not has_tokens and len(tokens):
-            raise SnapshotHeaderError(f"{what} token section does not hold {n_tokens} token ids")
+        if has_tokens and len(tokens) != 4 * expected or not has_tokens and len(tokens):
+            raise SnapshotHeaderError(f"{what} token section does not hold {expected} token ids")
         return cls(
             codec=name, params=f(header, "params", dict, what), layout=f(header, "layout", str, what),
             meta=f(header, "meta", dict, what), sections=list(sections[1:]),
