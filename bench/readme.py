@@ -36,6 +36,9 @@ HEADLINE = [
     ("A 2,000-token conversation resumed on a second host from Redis", "remote",
      lambda h: f"{h['redis_over_prefill']:.1%} of prefilling it; {h['redis_over_disk']:.2f}x a resume from "
                "the local disk"),
+    ("Eviction on traces no policy was tuned on, against the best of libCacheSim's online policies", "heldout",
+     lambda h: f"the hybrid within 1 point of it in {h['within_1pt']:.0%} of cases, {-h['mean_gap']:.1f} points "
+               "above it on average"),
     ("Snapshot size against f16, and mean KL (noise floor: flash attention on or off)", "quality",
      lambda h: f"int8 {h['int8_ratio']:.2f}x smaller, KL {h['int8_kl']:.4f}; int4-rot {h['int4-rot_ratio']:.2f}x, "
                f"KL {h['int4-rot_kl']:.4f} (floor {h['noise_floor_kl']:.4f})"),

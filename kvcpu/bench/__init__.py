@@ -8,8 +8,8 @@ from importlib import import_module
 
 # Names a submodule has (recommend, compare) are not exported, so that they stay the modules.
 # The suites, in the order a full run takes them; each is the module of the same name.
-SUITE_NAMES = ("kernels", "quality", "restore", "turn", "eviction", "session", "sharing", "llamacache", "serve",
-               "remote")
+SUITE_NAMES = ("kernels", "quality", "restore", "turn", "eviction", "heldout", "session", "sharing", "llamacache",
+               "serve", "remote")
 
 _EXPORTS = {"FORMAT": "results", "VERSION": "results", "load": "results", "validate": "results",
             "BenchConfig": "run", "run_bench": "run", "Limits": "recommend",
