@@ -325,3 +325,31 @@ def test_eviction_suite_without_libcachesim_still_reports(tmp_path, monkeypatch)
     assert "libcachesim is not installed" in text and "| - |" in text
     assert set(eviction.headline(data)) == {"hybrid_chat", "hybrid_scan", "hybrid_shift", "hybrid_decision_us"}
     json.dumps(data, allow_nan=False)  # what results.json will hold: plain JSON, no NaN
+
+
+def test_heldout_traces_are_reproducible_and_apart_from_the_tuning_seed():
+    from kvcpu.bench import heldout
+
+    one, params = heldout.chat_family(heldout.CHAT_SEEDS, 500)
+    again, _ = heldout.chat_family(heldout.CHAT_SEEDS, 500)
+    assert one == again and len(one) == 500 and set(params) >= {"users", "zipf", "cap_tokens"}
+    other, other_params = heldout.chat_family(heldout.CHAT_SEEDS + 1, 500)
+    assert other != one and other_params != params  # every parameter drawn anew
+    agent, _ = heldout.agent_trace(heldout.AGENT_SEEDS, 500)
+    prefixes = {k for k, *_ in agent if "b" not in k}
+    assert 3 <= len(prefixes) <= 8 and len({k for k, *_ in agent}) > 5 * len(prefixes)  # few prefixes, many branches
+    assert min(heldout.CHAT_SEEDS, heldout.AGENT_SEEDS) > 7  # the eviction suite tunes on seed 7
+
+
+def test_heldout_suite_without_libcachesim_says_so(tmp_path, monkeypatch):
+    import builtins
+
+    from kvcpu.bench import heldout
+    from kvcpu.bench.common import SuiteContext
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "libcachesim" else real(name, *a, **k))
+    ctx = SuiteContext(model="m", model_path=tmp_path, out=tmp_path, quick=True, seed=7)
+    data = heldout.run(ctx, **heldout.params(True))
+    assert data["skipped"] and heldout.headline(data) == {} and "Not measured" in heldout.render(data)

@@ -98,7 +98,10 @@ def _cases(chat_traces: int, agent_traces: int, requests: int):
 
 def run(ctx: SuiteContext, chat_traces: int, agent_traces: int, requests: int, fractions: list[float]) -> dict:
     """Per trace and budget: the hybrid and gdsf, and every online libCacheSim policy."""
-    import libcachesim as lcs
+    try:
+        import libcachesim as lcs
+    except ImportError:
+        return {"skipped": "libcachesim is not installed (pip install 'kvcpu[bench]')", "rows": []}
 
     rows, n_cases = [], (chat_traces + agent_traces) * len(fractions)
     for kind, seed, trace, p in _cases(chat_traces, agent_traces, requests):
@@ -150,6 +153,8 @@ def summary(rows: list[dict]) -> dict:
 
 def headline(data: dict) -> dict:
     """How often the hybrid is within one point of the best online policy, and its mean gap."""
+    if data.get("skipped"):
+        return {}
     s = data["summary"]
     return {"within_1pt": figure(s["hybrid|all"]["within_1pt"], "share", "higher",
                                  "held-out cases with the hybrid within 1 point of the best online policy"),
@@ -166,6 +171,8 @@ def plot(data: dict, folder) -> list[str]:
 
 def render(data: dict, short: bool = False) -> str:
     """The summary per policy and trace kind; the wins of each online policy."""
+    if data.get("skipped"):
+        return f"Not measured: {data['skipped']}."
     rows = [{"policy": label.split("|")[0], "traces": label.split("|")[1], **v} for label, v in data["summary"].items()]
     wins: dict[str, int] = {}
     for r in data["rows"]:
