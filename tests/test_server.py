@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -181,6 +182,19 @@ def test_client_leaving_mid_stream_stops_generation_and_keeps_the_state(server, 
     assert again.usage.prompt_tokens_details.cached_tokens >= again.usage.prompt_tokens - 16
     generated = _metric(server, "kvcpu_completion_tokens_total")
     assert generated < 1000  # the 1,500-token reply was cut short
+
+
+def test_client_leaving_a_whole_answer_frees_the_engine(server, client, model_id):
+    """A non-streamed request whose client goes away stops too, instead of holding the engine."""
+    before = _metric(server, "kvcpu_completion_tokens_total")
+    body = {"model": model_id, "prompt": "1, 2, 3, 4,", "max_tokens": 1500, "temperature": 0}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps(body),
+                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    time.sleep(1.5)  # it is generating
+    conn.close()
+    ask(client, model_id, [{"role": "user", "content": "Say yes."}], max_tokens=2)  # answered: the engine was freed
+    assert _metric(server, "kvcpu_completion_tokens_total") - before < 1000
 
 
 def test_metrics_in_prometheus_format(server, client, model_id):

@@ -32,6 +32,8 @@ from .telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger(__name__)
 
+DISCONNECT_POLL_S = 0.5  # how often a whole (non-streamed) answer in the making checks its client is there
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -162,9 +164,19 @@ class Server:
         if req.stream:
             return StreamingResponse(self._stream(req, job, rid, created, t0), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts, ttft = [], None
+        texts, ttft, check_at = [], None, time.monotonic() + DISCONNECT_POLL_S
         while True:
-            event = await job.next()
+            try:
+                event = await asyncio.wait_for(job.next(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() >= check_at:
+                check_at = time.monotonic() + DISCONNECT_POLL_S
+                if await request.is_disconnected():  # nobody to answer: free the engine, keep the state
+                    job.cancel()
+                    return Response(status_code=499)
+            if event is None:
+                continue
             if isinstance(event, Text):
                 ttft = ttft or time.perf_counter() - t0
                 texts.append(event.text)
