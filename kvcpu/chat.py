@@ -165,9 +165,6 @@ class _OwnLineHandler(logging.StreamHandler):
     def __init__(self, loop: ChatLoop, stream: IO[str]):
         super().__init__(stream)
         self.loop = loop
-        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        text = text[: len(record.levelname)].lower() + text[len(record.levelname):]
-        return ("\n" if self.loop.mid_line else "") + text
+        return ("\n" if self.loop.mid_line else "") + f"{record.levelname.lower()}: {super().format(record)}"

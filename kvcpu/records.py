@@ -4,7 +4,6 @@ kept inside), so that any name maps to one short file name and no two names shar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from .errors import KVCPUError
 from .fileio import atomic_write
+from .store.keys import name_digest
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +22,24 @@ class RecordError(KVCPUError):
 
 def file_name(name: str) -> str:
     """The record file of a conversation: bounded in length, one per name, no path in it."""
-    return hashlib.sha256(name.encode("utf-8", errors="surrogatepass")).hexdigest()[:32] + ".json"
+    return name_digest(name) + ".json"
 
 
 def parse(raw: bytes) -> dict:
     """A record's JSON, checked: {id, messages, tokens, text}; ValueError names what is wrong."""
     try:
-        data = json.loads(raw)
+        return check(json.loads(raw))
+    except ValueError as exc:
+        raise ValueError(f"not a conversation record: {exc}") from None
+
+
+def check(data) -> dict:
+    """A record as a dict, its fields checked and typed; ValueError names what is wrong."""
+    try:
         return {"id": str(data["id"]), "messages": list(data["messages"]),
                 "tokens": [int(t) for t in data["tokens"]], "text": str(data["text"])}
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not a conversation record: {exc}") from None
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 class Records:

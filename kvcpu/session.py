@@ -251,8 +251,10 @@ class Session:
         data = snap.meta.get("conversation")
         if not isinstance(data, dict):
             raise KVCPUError(f"{path} is a snapshot but holds no conversation")
-        conv = Conversation(str(data["id"]), list(data["messages"]), [int(t) for t in data["tokens"]],
-                            str(data["text"]))
+        try:
+            conv = Conversation(**records.check(data))
+        except ValueError as exc:
+            raise KVCPUError(f"{path}: its conversation is unreadable ({exc})") from None
         if not np.array_equal(np.asarray(snap.tokens), np.asarray(conv.tokens)):
             raise KVCPUError(f"{path}: the conversation's tokens do not match its snapshot")
         self.store.put(snap, cost=len(conv.tokens) / PREFILL_TOKENS_PER_S)

@@ -115,13 +115,18 @@ class BackgroundStore:
         tokens of the entry this state succeeds (the conversation's last, after a context
         shift), dropped once the new one is in."""
         with self._lock:
-            self._pending = [p for p in self._pending if not p[1].done()]
-            oldest = self._pending[0][1] if len(self._pending) >= MAX_PENDING_STORES else None
+            live = self._live()
+            oldest = live[0][1] if len(live) >= MAX_PENDING_STORES else None
         if oldest is not None:
             _result_of(oldest)
         future = self._executor.submit(self._store, state, label, owner, meta or {}, replaces)
         with self._lock:
             self._pending.append((state.tokens, future))
+
+    def _live(self) -> list[tuple[np.ndarray, Future]]:
+        """The jobs not done yet (the finished ones are let go); call with the lock held."""
+        self._pending = [p for p in self._pending if not p[1].done()]
+        return self._pending
 
     def run(self, fn: Callable, *args) -> Future:
         """Run other work (a warm-up) on the store's thread, in order with the stores."""
@@ -131,8 +136,7 @@ class BackgroundStore:
         """Wait only when a pending store holds more of `prompt` than the `held` tokens the
         engine has; returns the ms waited."""
         with self._lock:
-            self._pending = [p for p in self._pending if not p[1].done()]
-            needed = [f for tokens, f in self._pending if common_prefix_length(tokens, prompt) > held]
+            needed = [f for tokens, f in self._live() if common_prefix_length(tokens, prompt) > held]
         if not needed:
             return 0.0  # other conversations' states: this turn goes on while they are stored
         t0 = time.perf_counter()
@@ -165,7 +169,6 @@ class BackgroundStore:
             log.exception("storing the state of %s failed", label)
             raise
         self.last = StoreStats(label, len(state.tokens), (time.perf_counter() - t0) * 1e3, nbytes)
-
 
     def _drop_replaced(self, replaces, key: str) -> None:
         old = self.store.lookup_exact(replaces, self.fingerprint) if replaces else None

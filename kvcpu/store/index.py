@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .keys import BLOCK_TOKENS, block_hashes, seed_hash, tail_key
+from .keys import BLOCK_TOKENS, block_hashes, entry_key, seed_hash, tail_candidates, tail_key
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ class Entry:
     @property
     def key(self) -> str:
         """The entry's content address: its tokens' hash chain, the tail after the last block included."""
-        last = self.hashes[-1] if self.hashes else seed_hash(self.fingerprint)
-        n = len(self.tokens)
-        return tail_key(last, self.tokens[n - n % BLOCK_TOKENS :], n)
+        return entry_key(self.tokens, self.fingerprint, self.hashes)
 
 
 class PrefixIndex:
@@ -99,16 +97,15 @@ class PrefixIndex:
     def longest(self, tokens: np.ndarray, hashes: list[int], fingerprint: str) -> Match | None:
         """The entry sharing the longest prefix with `tokens`: whole blocks of any entry, or all
         of an entry that ends inside the next block; checked token for token."""
-        best, last = None, seed_hash(fingerprint)
+        best = None
         for i, h in enumerate(hashes):
             holders = self._holders.get(h)
             if not holders:
                 break
             key = min(holders, key=lambda k: len(self.entries[k].tokens))
-            best, last = Match(key, (i + 1) * BLOCK_TOKENS, len(self.entries[key].tokens)), h
-        start = best.n_tokens if best else 0
-        for n in range(min(len(tokens), start + BLOCK_TOKENS - 1), start, -1):
-            key = tail_key(last, tokens[start:n], n)
+            best = Match(key, (i + 1) * BLOCK_TOKENS, len(self.entries[key].tokens))
+        depth = best.n_tokens // BLOCK_TOKENS if best else 0
+        for n, key in tail_candidates(tokens, hashes, depth, fingerprint):
             if key in self.entries:
                 best = Match(key, n, n)
                 break

@@ -6,6 +6,7 @@ prefixes (up to a 64-bit collision, which the store rules out by comparing the t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -35,12 +36,27 @@ def tail_key(last_block_hash: int, tail: np.ndarray, n_tokens: int) -> str:
     return f"{digest:016x}-{n_tokens}"
 
 
-def entry_key(tokens: Sequence[int], seed: str = "") -> str:
-    """The id of an entry holding exactly these tokens (the tail after the last block included)."""
+def entry_key(tokens: Sequence[int], seed: str = "", hashes: Sequence[int] | None = None) -> str:
+    """The id of an entry holding exactly these tokens (the tail after the last block included);
+    `hashes`: their block hashes, when the caller has them already."""
     arr = np.asarray(tokens, dtype="<i4")
-    hashes = list(block_hashes(arr, seed))
-    last = hashes[-1] if hashes else seed_hash(seed)
+    hashes = list(block_hashes(arr, seed)) if hashes is None else hashes
+    last = hashes[-1] if len(hashes) else seed_hash(seed)
     return tail_key(last, arr[len(arr) - len(arr) % BLOCK_TOKENS :], len(arr))
+
+
+def tail_candidates(tokens: np.ndarray, hashes: Sequence[int], depth: int, seed: str = "") -> Iterator[tuple[int, str]]:
+    """(n, key) of every entry that would end inside the block after the first `depth` whole
+    blocks of `tokens`, longest first: what a prefix lookup tries once the blocks run out."""
+    start = depth * BLOCK_TOKENS
+    last = hashes[depth - 1] if depth else seed_hash(seed)
+    for n in range(min(len(tokens), start + BLOCK_TOKENS - 1), start, -1):
+        yield n, tail_key(last, tokens[start:n], n)
+
+
+def name_digest(name: str) -> str:
+    """A short, fixed-length, path-free digest of a name (a conversation's), one per name."""
+    return hashlib.sha256(name.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -20,7 +20,6 @@ answers as a miss until `retry_s` has passed, then tries again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import numpy as np
 
 from ..errors import KVCPUError, SnapshotError
 from ..snapshot import Snapshot
-from .keys import BLOCK_TOKENS, block_hashes, seed_hash, tail_key
+from .keys import BLOCK_TOKENS, block_hashes, name_digest, tail_candidates
 from .tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -176,12 +175,10 @@ class RemoteTier(Tier):
 
     def _tail(self, tokens: np.ndarray, fingerprint: str, depth: int, hashes: list[int]):
         """An entry ending inside the block after the deepest match, all of it the prompt's."""
-        start = depth * BLOCK_TOKENS
-        last = hashes[depth - 1] if depth else seed_hash(fingerprint)
-        candidates = [(n, tail_key(last, tokens[start:n], n)) for n in range(min(len(tokens), start + BLOCK_TOKENS - 1),
-                                                                            start, -1)]
+        candidates = list(tail_candidates(tokens, hashes, depth, fingerprint))
         if not candidates:
             return None
+
         def check():
             pipe = self.client.pipeline(transaction=False)
             for _, key in candidates:
@@ -238,7 +235,7 @@ class RemoteTier(Tier):
     # -- conversation records -------------------------------------------------------------------
 
     def _record(self, fingerprint: str, name: str) -> str:
-        return f"{self.ns}:c:{fingerprint}:{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+        return f"{self.ns}:c:{fingerprint}:{name_digest(name)}"
 
     def put_record(self, fingerprint: str, name: str, data: bytes) -> None:
         self._call("put record", lambda: self.client.set(self._record(fingerprint, name), data, ex=self.ttl_s))

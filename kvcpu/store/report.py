@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .tiers import RamTier
-
 
 @dataclass
 class Counters:
@@ -23,10 +21,11 @@ class Counters:
 
 def entries(store) -> list[dict]:
     """One row per entry: key, tokens, where it is, its codec and bytes per tier."""
-    ram, disk = store.ram, store.disk or RamTier(1)
-    return [{"key": k, "tokens": len(e.tokens), "in_ram": ram.holds(k), "on_disk": disk.holds(k),
-             "ram_bytes": ram.sizes.get(k, 0), "disk_bytes": disk.sizes.get(k, 0),
-             "codec": ram.codecs.get(k) or disk.codecs.get(k, ""), "shared_by": e.dependents, "continues": e.base}
+    ram = store.ram
+    disk_sizes, disk_codecs = (store.disk.sizes, store.disk.codecs) if store.disk else ({}, {})
+    return [{"key": k, "tokens": len(e.tokens), "in_ram": ram.holds(k), "on_disk": k in disk_sizes,
+             "ram_bytes": ram.sizes.get(k, 0), "disk_bytes": disk_sizes.get(k, 0),
+             "codec": ram.codecs.get(k) or disk_codecs.get(k, ""), "shared_by": e.dependents, "continues": e.base}
             for k, e in store.index.entries.items()]
 
 

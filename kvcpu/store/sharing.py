@@ -15,7 +15,7 @@ from ..snapshot import Snapshot
 from ..splice import join, tail
 from ..state import KVState
 from .index import Entry
-from .keys import BLOCK_TOKENS, tail_key
+from .keys import BLOCK_TOKENS, entry_key
 
 SHARE_MIN_TOKENS = 64  # shorter common prefixes are not worth a base of their own
 
@@ -138,7 +138,7 @@ class Sharing:
             m, sharers = (i + 1) * BLOCK_TOKENS, holders
         if m < self.min_tokens:
             return None
-        base_key = tail_key(entry.hashes[m // BLOCK_TOKENS - 1], entry.tokens[m:m], m)
+        base_key = entry_key(entry.tokens[:m], entry.fingerprint, entry.hashes[: m // BLOCK_TOKENS])
         existing = self.index.get(base_key)
         if existing is not None and not existing.shared_base:
             return None  # an entry of exactly these tokens, under a policy: not a base
