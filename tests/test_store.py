@@ -160,3 +160,13 @@ def test_concurrent_puts_and_lookups_keep_the_books_straight():
         t.join()
     assert not errors
     assert store.used == ram_bytes(store) <= store.budget
+
+
+def test_a_new_turn_takes_its_predecessors_room_without_evicting_another():
+    """The entry a put supersedes leaves before the new one is placed: a budget that holds the
+    new turn and another conversation keeps both."""
+    other, turn1, turn2 = snapshot([2] * 64, seed=2), snapshot([1] * 64, seed=1), snapshot([1] * 64 + [3] * 32, seed=3)
+    store = KVStore(len(other.to_bytes()) + len(turn2.to_bytes()) + 1024, policy="lru", ladder=(), share=False)
+    keys = [store.put(s) for s in (other, turn1, turn2)]
+    assert keys[0] in store and keys[2] in store and keys[1] not in store
+    assert store.stats()["evictions"] == {}

@@ -178,12 +178,12 @@ class KVStore:
                 self._keep(key, entry, whole, codec, on_disk=False)
                 raise
             self.forget(key, keep_file=True)  # the same tokens again: its file was just replaced
+            for old in superseded:  # the new one is durable now: what it supersedes goes before it
+                if old in self.index:  # takes its place, so that the budget does not evict another for it
+                    self.forget(old)
             if plan is not None:
                 entry.base, entry.base_tokens = plan.base, plan.m
             self._keep(key, entry, blob, codec, on_disk=self.disk is not None)
-            for old in superseded:
-                if old in self.index:
-                    self.forget(old)
             self._n.puts += 1
         return key
 
