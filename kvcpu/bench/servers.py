@@ -158,6 +158,7 @@ class RedisProcess:
                         return
             except OSError:
                 time.sleep(0.05)
+        self.stop()  # never left running behind a failed start
         raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
 
     def stop(self) -> None:
