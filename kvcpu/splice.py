@@ -40,27 +40,49 @@ def tail(state: KVState, start: int) -> KVState:
 
 
 def join(prefix: KVState, suffix: KVState) -> KVState:
-    """prefix's cells, then suffix's: join(s.head(n), tail(s, n)) == s."""
+    """prefix's cells, then suffix's: join(s.head(n), tail(s, n)) == s. The result sits in
+    one reused buffer laid out as llama.cpp's bytes, each piece copied once: a restore of a
+    shared prefix hands it to llama.cpp as it is (joining by concatenation, then serializing,
+    copied everything twice into fresh memory: 53 ms at 4,000 tokens in the `turn` suite)."""
     a, b = _one_cache(prefix), _one_cache(suffix)
     if len(a) != len(b) or prefix.seq_id != suffix.seq_id:
         raise KVCPUError("cannot join states of different shapes")
-    streams = [x if y is None else y if x is None else _join_streams(x, y) for x, y in zip(a, b)]
+    pieces = [[s for s in pair if s is not None] for pair in zip(a, b)]
+    streams = [_joined_stream(p) if p else None for p in pieces]
     tokens = None
     if prefix.tokens is not None and suffix.tokens is not None:
         tokens = np.concatenate([prefix.tokens, suffix.tokens]).astype(np.int32)
-    return KVState(prefix.seq_id, [CacheBlock(streams)], prefix.cell_ext_bytes, tokens)
+    state = KVState(prefix.seq_id, [CacheBlock(streams)], prefix.cell_ext_bytes, tokens).materialize()
+    for whole, parts in zip(streams, pieces):
+        if whole is None:
+            continue
+        for i, t in enumerate(whole.k + whole.v):
+            start = 0
+            for part in parts:
+                src = (part.k + part.v)[i]
+                end = start + src.n_cells
+                if t.transposed:
+                    t.data[:, start:end] = src.data
+                else:
+                    t.data[start:end] = src.data
+                start = end
+    return state
 
 
-def _join_streams(x: CellStream, y: CellStream) -> CellStream:
-    if x.v_trans != y.v_trans or len(x.k) != len(y.k):
+def _joined_stream(parts: list[CellStream]) -> CellStream:
+    """The cells of the parts in order, with tensors of the joined shape that materialize places."""
+    first = parts[0]
+    if any(p.v_trans != first.v_trans or len(p.k) != len(first.k) for p in parts):
         raise KVCPUError("cannot join streams of different layouts")
 
-    def cat(s: Tensor, t: Tensor) -> Tensor:
-        if s.ggml_type != t.ggml_type or s.transposed != t.transposed:
+    def joined(ts: list[Tensor]) -> Tensor:
+        t = ts[0]
+        if any(u.ggml_type != t.ggml_type or u.transposed != t.transposed or u.n_embd != t.n_embd for u in ts):
             raise KVCPUError("cannot join tensors of different types")
-        return Tensor(s.ggml_type, np.concatenate([s.data, t.data], axis=1 if s.transposed else 0), s.transposed)
+        return Tensor.placeholder(t.ggml_type, sum(u.n_cells for u in ts), t.n_embd, t.transposed)
 
-    ext = None if x.ext is None else np.concatenate([x.ext, y.ext])
-    return CellStream(np.concatenate([x.positions, y.positions]), np.concatenate([x.n_seq, y.n_seq]),
-                      np.concatenate([x.seq_ids, y.seq_ids]), x.v_trans,
-                      [cat(s, t) for s, t in zip(x.k, y.k)], [cat(s, t) for s, t in zip(x.v, y.v)], ext)
+    ext = None if first.ext is None else np.concatenate([p.ext for p in parts])
+    return CellStream(np.concatenate([p.positions for p in parts]), np.concatenate([p.n_seq for p in parts]),
+                      np.concatenate([p.seq_ids for p in parts]), first.v_trans,
+                      [joined([p.k[i] for p in parts]) for i in range(len(first.k))],
+                      [joined([p.v[i] for p in parts]) for i in range(len(first.v))], ext)

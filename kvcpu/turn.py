@@ -38,6 +38,9 @@ MAX_PENDING_STORES = 2  # turns' states waiting for the background store, at mos
 # nicer where the OS allows a thread its own (Linux), and catches up when they are idle; the serve
 # suite's warm time to first token is what it is for.
 STORE_NICE = 10
+# A warm-up reads this many bytes of the newest snapshots from disk into RAM (within the RAM
+# budget): the conversations a user comes back to after a restart are most often the last ones.
+PREFETCH_BYTES = 256 << 20
 
 
 @contextlib.contextmanager
@@ -370,10 +373,13 @@ class TurnRunner:
         # Buffers for the biggest stored state, touched now: a restore and a save at once.
         buffers.POOL.reserve(largest * self.engine.info.kv_bytes_per_token_f16 + (1 << 20), count=2)
         with kernels.threads(1):  # as restore and the background store run them
-            packed = Snapshot.from_state(state, self.fingerprint, codec).packed
+            # Through bytes, as the store hands snapshots out: Numba compiles (or loads) a kernel
+            # per argument type, and read-only arrays are a type of their own.
+            packed = Snapshot.from_bytes(Snapshot.from_state(state, self.fingerprint, codec).to_bytes()).packed
             packed.decode()
             packed.decode(n_tokens=1)
-        log.info("warmed up in %.0f ms", (time.perf_counter() - t0) * 1e3)
+        read = self.store.prefetch(self.fingerprint, PREFETCH_BYTES)
+        log.info("warmed up in %.0f ms (%d recent snapshots read into RAM)", (time.perf_counter() - t0) * 1e3, read)
 
 
 def _lower_priority() -> None:

@@ -158,6 +158,43 @@ def test_partial_dequantize_is_a_prefix(x, group, data):
         np.testing.assert_array_equal(K.dequantize(qz, n_rows=rows), full[:rows])
 
 
+@SETTINGS
+@given(n=st.integers(0, 41), e8=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_transpose_bytes_matches_numpy(n, e8, seed):
+    x = np.random.default_rng(seed).integers(-128, 128, (n, e8 * 8), dtype=np.int8)
+    out = K.transpose_bytes(x)
+    n8 = -(-n // 8) * 8
+    assert out.shape == (e8 * 8, n8)
+    np.testing.assert_array_equal(out[:, :n], x.T)
+    assert not out[:, n:].any()  # the padding columns are zero
+
+
+def test_transpose_bytes_refuses_widths_off_a_word():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        K.transpose_bytes(np.zeros((4, 12), np.int8))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        K.transpose_bytes(np.zeros((4, 8), np.uint16))
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False)])
+@SETTINGS
+@given(x=half_matrices(max_side=70), group=st.sampled_from([8, 16, 32]), data=st.data())
+def test_transposed_dequantize_matches_the_reference(x, group, bits, symmetric, data):
+    """The restore path's transposed decode (codes transposed 8 bytes at a time) equals the
+    reference dequantization, transposed, for every row count."""
+    x = x[:, : x.shape[1] // group * group]
+    if x.shape[1] == 0:
+        x = np.zeros((x.shape[0], group), np.uint16)
+    x32 = ref.half_to_float(x)
+    qz = K.quantize(x, bits=bits, group=group, axis="token", symmetric=symmetric)
+    q, scale, zero = ref.quantize_groups(x32, group, K.qmax(bits, symmetric), symmetric)
+    want = np.clip(ref.dequantize_groups(q, scale, zero, group), -HALF_MAX, HALF_MAX)
+    rows = data.draw(st.integers(0, x.shape[0]))
+    got = K.half_bits_to_float32(K.dequantize(qz, n_rows=rows, transposed=True))
+    np.testing.assert_allclose(got, want[:rows].T, rtol=2**-10, atol=2**-24)
+    np.testing.assert_array_equal(K.dequantize(qz, n_rows=rows, transposed=True), K.dequantize(qz, n_rows=rows).T)
+
+
 def test_float32_inputs_and_outputs():
     x = np.random.default_rng(3).standard_normal((9, 70)).astype(np.float32)
     qz = K.quantize(x, bits=8, group=32)

@@ -6,6 +6,7 @@ functions here check shapes and dtypes, allocate, and call them. Nothing here kn
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,16 +16,23 @@ import numpy as np
 from .cluster import cosine_to_previous, mean_of_runs
 from .f16 import count_nonfinite_half, float32_to_half_bits, half_bits_to_float32
 from .hadamard import check_head_dim, hadamard_rows
-from .layout import transpose
+from .layout import transpose, transpose_bytes
 from .pack import _pack_codes, _unpack_codes
-from .quant import _dequantize_cols, _dequantize_flat_half, _dequantize_rows, _quantize_cols, _quantize_rows
+from .quant import (
+    _dequantize_codes_transposed_half,
+    _dequantize_cols,
+    _dequantize_flat_half,
+    _dequantize_rows,
+    _quantize_cols,
+    _quantize_rows,
+)
 
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
 __all__ = [
     "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
-    "transpose", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
+    "transpose", "transpose_bytes", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
 ]
 
 
@@ -130,6 +138,13 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         q, scale, zero = (np.ascontiguousarray(a[:rows]) for a in (qz.q, qz.scale, zero))
         _dequantize_flat_half(q.reshape(-1), scale.reshape(-1), zero.reshape(-1), qz.group, symmetric, out.reshape(-1))
         return out
+    if transposed and not qz.head_dim and e % qz.group == 0 and e % 8 == 0 and out_dtype == np.uint16:
+        # Transpose the int8 codes (8x8 blocks in 64-bit words), then dequantize along tokens:
+        # 4x faster than transposing each value as it is decoded (the `kernels` suite).
+        zero = qz.scale if symmetric else qz.zero  # not read when symmetric
+        codes_t = transpose_bytes(qz.q[:rows], out=_scratch(e, -(-rows // 8) * 8))
+        _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], zero[:rows], qz.group, symmetric, out)
+        return out
     zero = qz.zero if not symmetric else np.zeros_like(qz.scale)
     if qz.axis == "token":
         _dequantize_rows(qz.q[:rows], qz.scale[:rows], zero[:rows], qz.group, qz.head_dim, out, transposed)
@@ -139,6 +154,18 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         g = -(-rows // qz.group)
         _dequantize_cols(qz.q[:rows], qz.scale[:g], zero[:g], qz.group, out)
     return out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) int8 work array, this thread's, reused across calls (a restore decodes
+    dozens of tensors of the same shape)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < rows * cols:
+        buf = _SCRATCH.buf = np.empty(max(rows * cols, 1 << 16), np.int8)
+    return buf[: rows * cols].reshape(rows, cols)
 
 
 def use_threads(n: int) -> None:

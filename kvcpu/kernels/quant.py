@@ -185,6 +185,32 @@ def _dequantize_flat_half(q, scale, zero, group, symmetric, dst):
                 dst[base + j] = float_to_half(min(max(np.float32(q[base + j]) * s + z, lo), hi))
 
 
+@serial_kernel
+def _dequantize_codes_transposed_half(q_t, scale, zero, group, symmetric, dst):
+    """Per-token groups whose codes were transposed (transpose_bytes), into half bits
+    channel-major: q_t (e, >= n) int8; scale, zero (n, e/group) half bits; dst (e, n). The
+    restore path's kernel for a V cache stored transposed: every loop runs along tokens,
+    reading and writing contiguously."""
+    e, n = dst.shape
+    n_groups = scale.shape[1]
+    lo, hi = np.float32(-65504.0), np.float32(65504.0)  # saturate, as `store` does
+    s = np.empty((n_groups, n), np.float32)
+    z = np.zeros((n_groups, n), np.float32)
+    for i in range(n):
+        for g in range(n_groups):
+            s[g, i] = half_to_float(scale[i, g])
+            if not symmetric:
+                z[g, i] = half_to_float(zero[i, g])
+    for j in range(e):
+        g = j // group
+        if symmetric:
+            for i in range(n):
+                dst[j, i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i], lo), hi))
+        else:
+            for i in range(n):
+                dst[j, i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i] + z[g, i], lo), hi))
+
+
 @parallel_kernel
 def _quantize_cols(src, group, qmax, symmetric, q, scale, zero):
     """src: (n, e) uint16 or float32. Groups of `group` tokens per channel.

@@ -256,6 +256,29 @@ class KVStore:
             self.enforce(self.ram)
         return snap
 
+    def prefetch(self, fingerprint: str, max_bytes: int) -> int:
+        """Read this model's most recently stored entries from disk into RAM, newest first, up
+        to max_bytes (a restart's first turns then read from RAM); returns how many were read."""
+        with self._lock:
+            if self.disk is None:
+                return 0
+            room = min(max_bytes, self.ram.budget - self.ram.used)
+            read = 0
+            for key in reversed(list(self.index)):  # the index keeps the order entries came in
+                entry = self.index.get(key)
+                size = self.disk.sizes.get(key, 0)
+                if entry is None or entry.fingerprint != fingerprint or entry.shared_base or self.ram.holds(key):
+                    continue
+                if not size or size > room:
+                    break
+                try:
+                    self.read_own(key, touch=False)
+                except KVCPUError:
+                    continue
+                room -= size
+                read += 1
+            return read
+
     def longest_prefix(self, tokens: Sequence[int], fingerprint: str) -> Match | None:
         """The entry sharing the longest prefix with `tokens`, here or (when longer) on the
         remote tier, in time proportional to the prompt's length in blocks."""
