@@ -38,6 +38,21 @@ def writer(disk_dir, start, stop, tokens=40):
                             stdout=subprocess.PIPE, text=True)
 
 
+def test_prefetch_reads_the_newest_entries_of_the_model_into_ram(tmp_path):
+    with KVStore(1 << 20, disk_dir=tmp_path) as store:
+        keys = [store.put(snapshot([i] * 40, seed=i)) for i in range(5)]
+        other = store.put(snapshot([7] * 40, seed=7, fingerprint="another-model"))
+        size = store.stats()["disk_bytes"] // 6
+    with KVStore(1 << 20, disk_dir=tmp_path) as again:
+        assert again.stats()["ram_bytes"] == 0
+        assert again.prefetch(FP, max_bytes=int(size * 2.5)) == 2
+        in_ram = {row["key"] for row in again.entries() if row["in_ram"]}
+        assert in_ram == set(keys[-2:])  # the newest two; the other model's entry is skipped
+        assert other not in in_ram
+        assert again.prefetch(FP, max_bytes=1 << 20) == 3  # the rest, once each
+        assert again.prefetch(FP, max_bytes=1 << 20) == 0
+
+
 def test_entries_outlive_the_process(tmp_path):
     with KVStore(1 << 20, disk_dir=tmp_path) as store:
         keys = [store.put(snapshot([i] * 40, seed=i)) for i in range(5)]

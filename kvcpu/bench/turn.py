@@ -65,6 +65,7 @@ def _cold_turn(model_path: str, store_dir: str, conv: str, codec: str, n_ctx: in
         s.chat(conv, ASK, max_tokens=2)
         t = s.last_turn
         out.put({"ready_s": ready - t0, "warm_up_s": warm - ready, "ttft_ms": t.ttft_ms, "restore_ms": t.restore_ms,
+                 "read_ms": t.restore_read_ms, "decode_ms": t.restore_decode_ms, "set_ms": t.restore_set_ms,
                  "tokens": t.tokens_restored})
 
 
@@ -143,6 +144,8 @@ def run(ctx: SuiteContext, lengths: list[int], codecs: list[str], repeat: int) -
             cold = in_fresh_process(_cold_turn, str(ctx.model_path), str(Path(tmp) / row["codec"]),
                                     f"c{row['length']}", row["codec"], n_ctx)
             row.update({"cold_ttft_ms": cold["ttft_ms"], "cold_restore_ms": cold["restore_ms"],
+                        "cold_read_ms": cold["read_ms"], "cold_decode_ms": cold["decode_ms"],
+                        "cold_set_ms": cold["set_ms"],
                         "cold_ready_s": cold["ready_s"], "cold_warm_up_s": cold["warm_up_s"]})
             row["cold_vs_warm"] = row["cold_ttft_ms"] / row["ttft_ms"]
     return {"lengths": lengths, "codecs": codecs, "repeat": repeat, "rows": rows, "state_io": state_io,

@@ -24,6 +24,7 @@ from .quant import (
     _dequantize_flat_half,
     _dequantize_rows,
     _quantize_cols,
+    _quantize_flat,
     _quantize_rows,
 )
 
@@ -95,7 +96,9 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
             check_head_dim(e, head_dim)
         shape = (n, -(-e // group))
         scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
-        if n and e:
+        if n and e and not head_dim and e % group == 0:
+            _quantize_flat(x.reshape(-1), group, top, symmetric, q.reshape(-1), scale.reshape(-1), zero.reshape(-1))
+        elif n and e:
             _quantize_rows(x, group, top, symmetric, head_dim, q, scale, zero)
     else:
         if head_dim:

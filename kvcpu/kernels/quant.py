@@ -124,6 +124,37 @@ def _quantize_rows(src, group, qmax, symmetric, head_dim, q, scale, zero):
                 q[r0 + i, j] = qt[j, i]
 
 
+@serial_kernel
+def _quantize_flat(src, group, qmax, symmetric, q, scale, zero):
+    """Per-token groups that tile every row (e % group == 0), seen flat: src (n*e,) uint16 or
+    float32; q (n*e,) int8; scale, zero (n*e/group,) uint16. _quantize_rows' results without its
+    tiles (which rotation needs): each group is contiguous, and groups of 32 get loops of
+    constant trip count, which LLVM vectorizes (1.5x faster than _quantize_rows on a real state;
+    computing a chunk's ranges, then scales, then codes in separate loops ran 2x slower)."""
+    n_groups = scale.shape[0]
+    lo_code = -qmax if symmetric else 0
+    if group == 32:
+        for g in range(n_groups):
+            _quantize_group(src, g * 32, 32, qmax, symmetric, lo_code, q, scale, zero, g)
+    else:
+        for g in range(n_groups):
+            _quantize_group(src, g * group, group, qmax, symmetric, lo_code, q, scale, zero, g)
+
+
+@inline
+def _quantize_group(src, base, size, qmax, symmetric, lo_code, q, scale, zero, g):
+    mn = load(src[base])
+    mx = mn
+    for j in range(1, size):
+        v = load(src[base + j])
+        mn = min(mn, v)
+        mx = max(mx, v)
+    s, z, scale[g], zero[g] = _params(mn, mx, qmax, symmetric)
+    inv = _inverse(s)
+    for j in range(size):
+        q[base + j] = _code(load(src[base + j]), inv, z, lo_code, qmax)
+
+
 @parallel_kernel
 def _dequantize_rows(q, scale, zero, group, head_dim, dst, dst_transposed):
     """Inverse of _quantize_rows. dst: (n, e) uint16 (half bits) or float32; (e, n) when

@@ -266,17 +266,19 @@ class KVStore:
             read = 0
             for key in reversed(list(self.index)):  # the index keeps the order entries came in
                 entry = self.index.get(key)
-                size = self.disk.sizes.get(key, 0)
-                if entry is None or entry.fingerprint != fingerprint or entry.shared_base or self.ram.holds(key):
+                if entry is None or entry.fingerprint != fingerprint or entry.shared_base:
                     continue
-                if not size or size > room:
+                wanted = [k for k in (entry.base, key) if k is not None and not self.ram.holds(k)]
+                size = sum(self.disk.sizes.get(k, 0) for k in wanted)  # a part needs its shared base
+                if size > room:
                     break
                 try:
-                    self.read_own(key, touch=False)
+                    for k in wanted:
+                        self.read_own(k, touch=False)
                 except KVCPUError:
                     continue
                 room -= size
-                read += 1
+                read += len(wanted)
             return read
 
     def longest_prefix(self, tokens: Sequence[int], fingerprint: str) -> Match | None:
