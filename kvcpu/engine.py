@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import buffers, models
-from .errors import EngineError
+from .errors import EngineError, ModelNotSupportedError
 from .ggml_types import ggml_type
 from .state import KVState
 
@@ -99,10 +99,15 @@ class Engine:
             value = getattr(config, key)
             if value is not None:
                 kwargs[key] = ggml_type(value).id
+        _check_cache_types(path, config)
         try:
             llama = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
+        refusal = _unsupported_memory(llama)
+        if refusal:
+            llama.close()
+            raise ModelNotSupportedError(f"{path.name}: {refusal}")
         return cls(llama, _model_info(llama, path), config)
 
     # -- tokens -------------------------------------------------------------
@@ -226,6 +231,7 @@ class Engine:
         if written != size:
             raise EngineError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
         state = KVState.from_bytes(buf)
+        state.head_dim = self.info.head_dim
         if seq_id == 0:
             state.tokens = np.asarray(self.tokens, dtype=np.int32)
         return state
@@ -338,6 +344,66 @@ def llama_ram_cache(capacity_bytes: int):
     import llama_cpp
 
     return llama_cpp.LlamaRAMCache(capacity_bytes=capacity_bytes)
+
+
+def _check_cache_types(path: Path, config: EngineConfig) -> None:
+    """Refuse a block-quantized cache type whose blocks do not divide the head size: llama.cpp
+    would abort the whole process while creating the context. Reads the model's metadata only
+    (llama.cpp's vocab-only load), and only when such a type is asked for."""
+    import llama_cpp
+
+    asked = {key: ggml_type(getattr(config, key)) for key in ("type_k", "type_v") if getattr(config, key) is not None}
+    if all(t.block_size == 1 for t in asked.values()):
+        return
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise EngineError(f"llama.cpp could not read the metadata of {path}")
+    try:
+        arch = _meta_str(model, "general.architecture")
+        n_embd = int(_meta_str(model, f"{arch}.embedding_length") or 0)
+        n_head = int(_meta_str(model, f"{arch}.attention.head_count") or 1)
+        head_dim = int(_meta_str(model, f"{arch}.attention.key_length") or 0) or n_embd // max(n_head, 1)
+    finally:
+        llama_cpp.llama_model_free(model)
+    for key, t in asked.items():
+        if head_dim and head_dim % t.block_size:
+            raise EngineError(f"{key}={t.name} packs {t.block_size} values a block, which does not divide this "
+                              f"model's head size of {head_dim}; use f16 or a type that fits")
+
+
+def _meta_str(model, key: str) -> str | None:
+    import ctypes
+
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+
+# llama.cpp's rope types whose cells carry more than one position (its enum llama_rope_type):
+# M-RoPE, interleaved M-RoPE and vision.
+_MULTI_AXIS_ROPE = (8, 40, 24)
+
+
+def _unsupported_memory(llama) -> str:
+    """Why kvcpu cannot keep this model's memory as a KV snapshot, or "" when it can."""
+    import llama_cpp
+
+    arch = llama.metadata.get("general.architecture", "unknown")
+    model = llama.model
+    if llama_cpp.llama_model_is_recurrent(model):
+        return (f"architecture {arch!r} is recurrent: its memory is a fixed-size state per sequence, not a KV "
+                "cache of one entry per token, and kvcpu keeps only KV caches")
+    if llama_cpp.llama_model_is_hybrid(model):
+        return (f"architecture {arch!r} is hybrid: its memory mixes recurrent layers with a KV cache, and kvcpu "
+                "keeps only KV caches")
+    if llama_cpp.llama_model_rope_type(model) in _MULTI_AXIS_ROPE:
+        return (f"architecture {arch!r} uses multi-axis RoPE (M-RoPE): its cells carry extra positions that "
+                "kvcpu's state parser does not interpret")
+    return ""
 
 
 def _model_info(llama, path: Path) -> ModelInfo:

@@ -62,6 +62,11 @@ class UnknownModelError(ModelError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelNotSupportedError(ModelError):
+    """A model whose memory kvcpu cannot keep as a KV snapshot (recurrent, hybrid, M-RoPE):
+    refused when it is loaded, never misread at its first snapshot."""
+
+
 class ModelDownloadError(ModelError):
     """Fetching a model failed; nothing was left in the cache."""
 

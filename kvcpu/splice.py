@@ -36,7 +36,7 @@ def tail(state: KVState, start: int) -> KVState:
     """The cells from `start` on (and the tokens from `start` on): head(start)'s complement."""
     streams = [None if s is None else _stream_tail(s, start) for s in _one_cache(state)]
     tokens = None if state.tokens is None else state.tokens[start:].copy()
-    return KVState(state.seq_id, [CacheBlock(streams)], state.cell_ext_bytes, tokens)
+    return KVState(state.seq_id, [CacheBlock(streams)], state.cell_ext_bytes, tokens, state.head_dim)
 
 
 def join(prefix: KVState, suffix: KVState) -> KVState:
@@ -52,7 +52,8 @@ def join(prefix: KVState, suffix: KVState) -> KVState:
     tokens = None
     if prefix.tokens is not None and suffix.tokens is not None:
         tokens = np.concatenate([prefix.tokens, suffix.tokens]).astype(np.int32)
-    state = KVState(prefix.seq_id, [CacheBlock(streams)], prefix.cell_ext_bytes, tokens).materialize()
+    state = KVState(prefix.seq_id, [CacheBlock(streams)], prefix.cell_ext_bytes, tokens,
+                    prefix.head_dim or suffix.head_dim).materialize()
     for whole, parts in zip(streams, pieces):
         if whole is None:
             continue

@@ -153,6 +153,9 @@ class KVState:
     blocks: list[CacheBlock]
     cell_ext_bytes: int = 0
     tokens: np.ndarray | None = field(default=None)
+    # the model's head size, when the engine that made the state said (0: unknown); like tokens,
+    # not part of the bytes: llama.cpp's state records each cache's width, not how it splits
+    head_dim: int = 0
     # (n,) uint8: the llama.cpp bytes these arrays were parsed from or materialized in, so that
     # serialized() hands them over without a copy while they still match (see _backed)
     _backing: np.ndarray | None = field(default=None, repr=False)
@@ -271,7 +274,7 @@ class KVState:
             CacheBlock([None if s is None else s.head(n_tokens) for s in b.streams]) for b in self.blocks
         ]
         tokens = None if self.tokens is None else self.tokens[:n_tokens].copy()
-        return KVState(self.seq_id, blocks, self.cell_ext_bytes, tokens)
+        return KVState(self.seq_id, blocks, self.cell_ext_bytes, tokens, self.head_dim)
 
     def summary(self) -> str:
         """A human-readable description: blocks, layers, types and bytes."""

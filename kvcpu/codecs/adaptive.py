@@ -79,6 +79,10 @@ class AdaptiveCodec(TensorCodec):
             raise CodecError(f"options must include 'f16' and come from {sorted(OPTIONS)}; unknown: {unknown}")
         self._p = {"target_ratio": target_ratio, "target_error": target_error, "options": options}
         self._chosen: list = []
+        self._rotation = 0  # channels per rotation, from the model's heads (0: the options' default)
+
+    def fit_geometry(self, head_dim: int) -> None:
+        self._rotation = kernels.rotation_size(head_dim) if head_dim else 0
 
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         self._budget = None
@@ -103,6 +107,8 @@ class AdaptiveCodec(TensorCodec):
             rows = []
             for opt in self._p["options"]:
                 name, params = OPTIONS[opt]
+                if self._rotation and name.endswith("-rot"):
+                    params = {**params, "head_dim": self._rotation}
                 c = _option_codec(name, params)
                 arrays, info = c.encode_tensor(m, kind, spec)
                 shape = m.shape[::-1] if spec.channel_major else m.shape

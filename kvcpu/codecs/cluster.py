@@ -55,7 +55,7 @@ class ClusterCodec(Codec):
         merged = _merged_stream(stream, rows, starts)
         streams = [None] * len(state.blocks[0].streams)
         streams[si] = merged
-        reduced = KVState(state.seq_id, [CacheBlock(streams)], state.cell_ext_bytes, state.tokens)
+        reduced = KVState(state.seq_id, [CacheBlock(streams)], state.cell_ext_bytes, state.tokens, state.head_dim)
         inner = codec(self._p["inner"]).encode(reduced, layout=layout)
         meta = {"inner_params": inner.params, "inner_meta": inner.meta, "cells": merged.n_cells,
                 "merged_runs": int(np.sum(np.diff(starts) > 1))}

@@ -42,6 +42,10 @@ class TensorCodec(Codec):
         (saving a transpose); None when it cannot."""
         return None
 
+    def fit_geometry(self, head_dim: int) -> None:
+        """Called by encode with the model's head size (0 when the state does not say): a codec
+        that works per head takes it, unless its parameters set a size of their own."""
+
     def plan(self, matrices: list[tuple[np.ndarray, str]], spec: LayoutSpec) -> None:
         """Called once with every (matrix, kind) before encode_tensor: a codec that decides
         across tensors (adaptive) decides here."""
@@ -50,6 +54,7 @@ class TensorCodec(Codec):
 
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         spec = LayoutSpec(layout, block_tokens)
+        self.fit_geometry(state.head_dim)
         skeleton, cells, matrices = [], [], []
         for block in state.blocks:
             skeleton.append([None if s is None else _stream_skeleton(s) for s in block.streams])
@@ -63,7 +68,8 @@ class TensorCodec(Codec):
         encoded = [self.encode_tensor(m, kind, spec) for m, kind in matrices]
         payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens)
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
-        meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "blocks": skeleton,
+        meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "head_dim": state.head_dim,
+                "blocks": skeleton,
                 "block_tokens": block_tokens, "index": index, "cell_index": cell_index,
                 "tensor_info": [info for _, info in encoded]}
         return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
@@ -96,7 +102,8 @@ class TensorCodec(Codec):
                 out.append(_stream_from_cells(cells[si], s, n, k, v))
                 si += 1
             blocks.append(CacheBlock(out))
-        state = KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"])).materialize()
+        state = KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]),
+                        head_dim=int(meta.get("head_dim", 0))).materialize()
         for ti, (kind, t, s) in enumerate(_tensors_in_order(state, skeleton)):
             self._decode_into(arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
         return state

@@ -15,7 +15,7 @@ import numpy as np
 
 from .cluster import cosine_to_previous, mean_of_runs
 from .f16 import count_nonfinite_half, float32_to_half_bits, half_bits_to_float32
-from .hadamard import check_head_dim, hadamard_rows
+from .hadamard import check_head_dim, hadamard_rows, rotation_size
 from .layout import transpose, transpose_bytes
 from .pack import _pack_codes, _unpack_codes
 from .quant import (
@@ -33,6 +33,7 @@ AXES = ("token", "channel")  # groups along channels within a token, or along to
 __all__ = [
     "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
+    "rotation_size",
     "transpose", "transpose_bytes", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
 ]
 

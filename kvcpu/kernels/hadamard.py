@@ -53,6 +53,14 @@ def _rotate_rows(x, head_dim):
                 x[r0 + i, j] = t[j, i]
 
 
+def rotation_size(head_dim: int) -> int:
+    """The widest Walsh-Hadamard rotation that stays inside heads of head_dim channels: the
+    largest power of two dividing it (64 for 64, 16 for 80, 32 for 96, 256 for 256)."""
+    if head_dim <= 0:
+        raise ValueError(f"head_dim must be positive, not {head_dim}")
+    return head_dim & -head_dim
+
+
 def check_head_dim(n_embd: int, head_dim: int) -> None:
     """Raise ValueError unless head_dim is a power of two that divides n_embd."""
     if head_dim <= 0 or head_dim & (head_dim - 1) or n_embd % head_dim:
