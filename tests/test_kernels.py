@@ -169,6 +169,12 @@ def test_transpose_bytes_matches_numpy(n, e8, seed):
     assert not out[:, n:].any()  # the padding columns are zero
 
 
+def test_rotation_size_stays_inside_a_head():
+    assert [K.rotation_size(d) for d in (64, 80, 96, 128, 256, 1)] == [64, 16, 32, 128, 256, 1]
+    with pytest.raises(ValueError):
+        K.rotation_size(0)
+
+
 def test_transpose_bytes_refuses_widths_off_a_word():
     with pytest.raises(ValueError, match="multiple of 8"):
         K.transpose_bytes(np.zeros((4, 12), np.int8))

@@ -39,7 +39,8 @@ class TinySpec:
     fused_up: bool = False  # gate and up in one tensor (Phi-3)
     output: str = "tied"  # "tied": no output tensor; "own": its own (required by OLMo 2)
     metadata: dict = field(default_factory=dict)  # keys after "{arch}."
-    recurrent: bool = False  # a state kvcpu must refuse (Mamba)
+    recurrent: bool = False  # Mamba's layers instead of attention
+    refusal: str = ""  # what kvcpu's refusal at load says, for a model it must refuse
     what: str = ""
 
 
@@ -64,7 +65,10 @@ MATRIX = [
              what="Granite 3: scaled logits, residuals and embeddings, head 80"),
     TinySpec("olmo2", "olmo2", 128, 2, 2, 64, qk_norm="full", post_norms=True, pre_norms=False, output="own",
              what="OLMo 2: post-norms only, QK-norm over the whole of q and k"),
-    TinySpec("mamba", "mamba", 64, 1, 1, 64, recurrent=True, what="Mamba: a recurrent state, no KV cache"),
+    TinySpec("mamba", "mamba", 64, 1, 1, 64, recurrent=True, refusal="'mamba' is recurrent",
+             what="Mamba: a recurrent state, no KV cache"),
+    TinySpec("qwen2vl", "qwen2vl", 128, 2, 1, 64, metadata={"rope.dimension_sections": [16, 8, 8, 0]},
+             refusal="'qwen2vl' uses multi-axis RoPE", what="Qwen2-VL: M-RoPE, several positions per cell"),
 ]
 BY_NAME = {s.name: s for s in MATRIX}
 
@@ -147,7 +151,10 @@ def _add_metadata(writer: gguf.GGUFWriter, spec: TinySpec) -> None:
     writer.add_uint32(f"{a}.rope.dimension_count", spec.head_dim)
     writer.add_float32(f"{a}.rope.freq_base", 10000.0)
     for key, value in spec.metadata.items():
-        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{a}.{key}", value)
+        if isinstance(value, list):
+            writer.add_array(f"{a}.{key}", value)
+        else:
+            (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{a}.{key}", value)
 
 
 def _add_attention_layer(w: _Weights, spec: TinySpec, i: int) -> None:

@@ -42,7 +42,11 @@ def _codec_rows(ctx: SuiteContext, prefix, cont, configs, layouts, n_steps) -> l
         label = name + "".join(f" {k}={v}" for k, v in kw.items())
         ctx.tick(i, n_steps, label)
         for layout in layouts:
-            packed = codec(name, **kw).encode(state, layout=layout)
+            try:
+                packed = codec(name, **kw).encode(state, layout=layout)
+            except KVCPUError as exc:  # a codec that refuses this model's state: say so, go on
+                rows.append({"kind": "kvcpu", "codec": label, "layout": layout, "error": str(exc)})
+                continue
             report = compare(reference, continuation_logits(eng, packed.decode(), cont), cont)
             rows.append({"kind": "kvcpu", "codec": label, "layout": packed.layout, "ratio": packed.ratio(),
                          "bytes": packed.nbytes, **report.as_dict()})
@@ -95,7 +99,8 @@ def run(ctx: SuiteContext, prefix: int, continuation: int, variants: bool, layou
 
 def blocked_rows(data: dict) -> list[dict]:
     """One row per kvcpu codec: its blocked (or raw) layout, the one a store uses."""
-    return [r for r in data["rows"] if r["kind"] == "kvcpu" and r["layout"] in ("blocked", "raw")]
+    return [r for r in data["rows"]
+            if r["kind"] == "kvcpu" and r["layout"] in ("blocked", "raw") and "error" not in r]
 
 
 def headline(data: dict) -> dict:
@@ -136,6 +141,8 @@ def render(data: dict, short: bool = False) -> str:
             "codecs against the exact f16 state (no flash attention); llama.cpp caches against f16 with flash "
             "attention.\n\n")
     rows = [r for r in data["rows"] if "error" not in r]
+    refused = sorted({f"{r['codec']}: {r['error']}" for r in data["rows"] if "error" in r})
+    head += "".join(f"Refused on this model: {line}.\n\n" for line in refused)
     if short:
         rows = [r for r in rows if r["layout"] in ("blocked", "raw", "-")]
         return head + markdown_table([("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
