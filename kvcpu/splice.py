@@ -44,6 +44,16 @@ def join(prefix: KVState, suffix: KVState) -> KVState:
     one reused buffer laid out as llama.cpp's bytes, each piece copied once: a restore of a
     shared prefix hands it to llama.cpp as it is (joining by concatenation, then serializing,
     copied everything twice into fresh memory: 53 ms at 4,000 tokens in the `turn` suite)."""
+    state, places = joined(prefix, suffix)
+    for piece, place in places:
+        place.data[...] = piece.data
+    return state
+
+
+def joined(prefix: KVState, suffix: KVState) -> tuple[KVState, list[tuple[Tensor, Tensor]]]:
+    """The joined state, materialized with its cells and its tensors' bytes not yet written,
+    and for every tensor of the two pieces (placeholders will do) the view of the joined
+    tensor where it goes: a codec can decode each piece straight into its place."""
     a, b = _one_cache(prefix), _one_cache(suffix)
     if len(a) != len(b) or prefix.seq_id != suffix.seq_id:
         raise KVCPUError("cannot join states of different shapes")
@@ -54,20 +64,19 @@ def join(prefix: KVState, suffix: KVState) -> KVState:
         tokens = np.concatenate([prefix.tokens, suffix.tokens]).astype(np.int32)
     state = KVState(prefix.seq_id, [CacheBlock(streams)], prefix.cell_ext_bytes, tokens,
                     prefix.head_dim or suffix.head_dim).materialize()
+    places = []
     for whole, parts in zip(streams, pieces):
         if whole is None:
             continue
         for i, t in enumerate(whole.k + whole.v):
             start = 0
             for part in parts:
-                src = (part.k + part.v)[i]
-                end = start + src.n_cells
-                if t.transposed:
-                    t.data[:, start:end] = src.data
-                else:
-                    t.data[start:end] = src.data
+                piece = (part.k + part.v)[i]
+                end = start + piece.n_cells
+                view = t.data[:, start:end] if t.transposed else t.data[start:end]
+                places.append((piece, Tensor(t.ggml_type, view, t.transposed)))
                 start = end
-    return state
+    return state, places
 
 
 def _joined_stream(parts: list[CellStream]) -> CellStream:

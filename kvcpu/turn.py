@@ -27,6 +27,7 @@ from .errors import KVCPUError
 from .snapshot import Snapshot
 from .store import KVStore
 from .store.keys import common_prefix_length
+from .store.sharing import SharedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -376,9 +377,13 @@ class TurnRunner:
         with kernels.threads(1):  # as restore and the background store run them
             # Through bytes, as the store hands snapshots out: Numba compiles (or loads) a kernel
             # per argument type, and read-only arrays are a type of their own.
-            packed = Snapshot.from_bytes(Snapshot.from_state(state, self.fingerprint, codec).to_bytes()).packed
-            packed.decode()
-            packed.decode(n_tokens=1)
+            snap = Snapshot.from_bytes(Snapshot.from_state(state, self.fingerprint, codec).to_bytes())
+            snap.packed.decode()
+            snap.packed.decode(n_tokens=1)
+            try:  # a shared prefix's restore decodes each piece into its place in a wider buffer
+                SharedSnapshot(snap, snap, np.concatenate([state.tokens, state.tokens])).decode()
+            except KVCPUError:  # a state that cannot be shared (two caches): nothing to warm
+                pass
         read = self.store.prefetch(self.fingerprint, PREFETCH_BYTES)
         log.info("warmed up in %.0f ms (%d recent snapshots read into RAM)", (time.perf_counter() - t0) * 1e3, read)
 

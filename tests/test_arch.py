@@ -169,6 +169,7 @@ def test_rotating_codecs_take_the_head_size_from_the_state(tiny, name, text):
     assert state.head_dim == spec.head_dim
     packed = CompressedKV.from_bytes(codec("int4-rot").encode(state).to_bytes())
     assert packed.meta["head_dim"] == spec.head_dim
+    assert packed.meta["geometry"] == [{"n_head_kv": spec.n_head_kv, "head_dim": spec.head_dim}] * len(state.blocks)
     assert packed.params["head_dim"] == spec.head_dim & -spec.head_dim  # 32, 16, 256
     assert packed.decode().head_dim == spec.head_dim
     told = codec("int4-rot", head_dim=16).encode(state)  # a size the caller sets is kept

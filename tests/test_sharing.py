@@ -4,6 +4,7 @@ bit for bit, and the shared part leaves with the last entry that needs it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from synth import random_stream, write_state
 
 from kvcpu import KVState, Snapshot
@@ -122,3 +123,27 @@ def test_a_put_serializes_once_and_hashes_its_tokens_once(monkeypatch):
     store.put(snap)
     assert store.stats()["shared_bases"] == 1
     assert len(chains) == 1 and len(serialized) == 1
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-rot", "adaptive"])
+@pytest.mark.parametrize("v_trans", [True, False])
+def test_a_shared_snapshot_decodes_in_place_as_the_join_of_its_pieces(name, v_trans, monkeypatch):
+    """Both pieces decoded straight into the joined buffer give the bytes that joining their
+    separate decodes gives, whole and cut short."""
+    from kvcpu.store import sharing
+    from kvcpu.store.sharing import SharedSnapshot
+
+    raw = write_state(0, [[random_stream(np.random.default_rng(5), 181, 2, 64, v_trans=v_trans)]])
+    x = KVState.from_bytes(raw)
+    x.tokens = np.arange(181, dtype=np.int32)
+    m = 128
+    base = Snapshot.from_state(x.head(m), FP, name)
+    own = Snapshot.from_state(tail(x, m), FP, name)
+    shared = SharedSnapshot(base, own, x.tokens)
+    for n in (None, 150, 181):
+        want = join(base.decode(FP), own.decode(FP, None if n is None else n - m))
+        with monkeypatch.context() as patched:  # the in-place path, not the join of two decodes
+            patched.setattr(sharing, "join", lambda *a: pytest.fail("joined two separate decodes"))
+            got = shared.decode(FP, n)
+        assert got.to_bytes() == want.to_bytes()
+        np.testing.assert_array_equal(got.tokens, x.tokens[: got.n_positions])

@@ -69,7 +69,7 @@ class TensorCodec(Codec):
         payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens)
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
         meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "head_dim": state.head_dim,
-                "blocks": skeleton,
+                "geometry": _geometry(state), "blocks": skeleton,
                 "block_tokens": block_tokens, "index": index, "cell_index": cell_index,
                 "tensor_info": [info for _, info in encoded]}
         return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
@@ -79,16 +79,18 @@ class TensorCodec(Codec):
 
     def decode(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
         """The state, decoded straight into one buffer laid out as llama.cpp's bytes."""
+        state = self.skeleton(packed, n_tokens).materialize()
+        self.decode_into(packed, [t for _, t, _ in _tensors_in_order(state, packed.meta["blocks"])], n_tokens)
+        return state
+
+    def skeleton(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
+        """The state's cells, with K and V placeholders of their shapes (no tensor decoded yet)."""
         meta = packed.meta
-        spec = LayoutSpec(packed.layout, int(meta["block_tokens"]))
         if len(packed.sections) != 2:
             raise CodecError(f"{self.name} payload has {len(packed.sections)} sections, not 2")
-        cell_payload, payload = packed.sections
         skeleton = meta["blocks"]
         streams = [s for block in skeleton for s in block if s is not None]
-        n_tensors = sum(2 * len(s["k"]) for s in streams)
-        cells = unpack(LayoutSpec("aligned"), cell_payload, meta["cell_index"], len(streams))
-        arrays = unpack(spec, payload, meta["index"], n_tensors, n_tokens)
+        cells = unpack(LayoutSpec("aligned"), packed.sections[0], meta["cell_index"], len(streams))
         blocks, si = [], 0
         for block in skeleton:
             out = []
@@ -102,11 +104,20 @@ class TensorCodec(Codec):
                 out.append(_stream_from_cells(cells[si], s, n, k, v))
                 si += 1
             blocks.append(CacheBlock(out))
-        state = KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]),
-                        head_dim=int(meta.get("head_dim", 0))).materialize()
-        for ti, (kind, t, s) in enumerate(_tensors_in_order(state, skeleton)):
+        return KVState(int(meta["seq_id"]), blocks, int(meta["cell_ext_bytes"]), head_dim=int(meta.get("head_dim", 0)))
+
+    def decode_into(self, packed: CompressedKV, dest: list[Tensor], n_tokens: int | None = None) -> None:
+        """Decode every K and V, in skeleton order, into `dest`: tensors of skeleton's shapes,
+        which may be views of a larger state's tensors (a shared prefix's part, joined in place)."""
+        meta = packed.meta
+        spec = LayoutSpec(packed.layout, int(meta["block_tokens"]))
+        order = [(kind, s) for block in meta["blocks"] for s in block if s is not None
+                 for _ in s["k"] for kind in ("k", "v")]
+        if len(dest) != len(order):
+            raise CodecError(f"{len(dest)} tensors to decode into, for {len(order)} in the payload")
+        arrays = unpack(spec, packed.sections[1], meta["index"], len(order), n_tokens)
+        for ti, ((kind, s), t) in enumerate(zip(order, dest)):
             self._decode_into(arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
-        return state
 
     def decode_tensor_into(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
                            info: dict, out: np.ndarray, transposed: bool) -> bool:
@@ -137,6 +148,18 @@ class TensorCodec(Codec):
         if channel_major != transposed:
             m = kernels.transpose(m)
         dest.data.view(m.dtype)[...] = m
+
+
+def _geometry(state: KVState) -> list[dict | None]:
+    """Per cache: its KV heads and their size, where the state knows its head size."""
+    out = []
+    for block in state.blocks:
+        stream = next((s for s in block.streams if s is not None and s.k), None)
+        if stream is None or not state.head_dim:
+            out.append(None)
+        else:
+            out.append({"n_head_kv": stream.k[0].n_embd // state.head_dim, "head_dim": state.head_dim})
+    return out
 
 
 def _tensors_in_order(state: KVState, skeleton: list):

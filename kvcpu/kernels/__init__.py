@@ -117,7 +117,8 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
 
     With axis 'channel', n_rows must end on a group boundary or at the last row.
     transposed=True (axis 'token' only) returns the (e, n) transpose, written directly.
-    out, when given, is the C-contiguous array of that shape and dtype to write into.
+    out, when given, is the array of that shape and dtype to write into: C-contiguous, or when
+    transposed with contiguous rows (a view of a wider state's tensor, as a shared prefix joins).
     """
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in (np.uint16, np.float32):
@@ -131,8 +132,9 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
     shape = (e, rows) if transposed else (rows, e)
     if out is None:
         out = np.empty(shape, dtype=out_dtype)
-    elif out.shape != shape or out.dtype != out_dtype or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous {shape} {out_dtype} array, not "
+    elif (out.shape != shape or out.dtype != out_dtype or not out.flags.writeable
+          or not (out.flags.c_contiguous or (transposed and out.strides[1] == out.itemsize))):
+        raise ValueError(f"out must be a writeable {shape} {out_dtype} array with contiguous rows, not "
                          f"{out.shape} {out.dtype}")
     if rows == 0 or e == 0:
         return out
@@ -147,7 +149,11 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         # 4x faster than transposing each value as it is decoded (the `kernels` suite).
         zero = qz.scale if symmetric else qz.zero  # not read when symmetric
         codes_t = transpose_bytes(qz.q[:rows], out=_scratch(e, -(-rows // 8) * 8))
-        _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], zero[:rows], qz.group, symmetric, out)
+        row_stride = out.strides[0] // out.itemsize
+        flat = np.lib.stride_tricks.as_strided(out, shape=((e - 1) * row_stride + rows,), strides=(out.itemsize,),
+                                               writeable=True)
+        _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], zero[:rows], qz.group, symmetric, flat,
+                                          row_stride)
         return out
     zero = qz.zero if not symmetric else np.zeros_like(qz.scale)
     if qz.axis == "token":

@@ -217,12 +217,15 @@ def _dequantize_flat_half(q, scale, zero, group, symmetric, dst):
 
 
 @serial_kernel
-def _dequantize_codes_transposed_half(q_t, scale, zero, group, symmetric, dst):
+def _dequantize_codes_transposed_half(q_t, scale, zero, group, symmetric, dst, row_stride):
     """Per-token groups whose codes were transposed (transpose_bytes), into half bits
-    channel-major: q_t (e, >= n) int8; scale, zero (n, e/group) half bits; dst (e, n). The
-    restore path's kernel for a V cache stored transposed: every loop runs along tokens,
+    channel-major: q_t (e, >= n) int8; scale, zero (n, e/group) half bits; dst flat, row j of
+    the (e, n) result starting at j * row_stride (a wider state's rows, when a shared prefix
+    joins in place; a 2-d view of them ran 3x slower, its stride unknown to the vectorizer).
+    The restore path's kernel for a V cache stored transposed: every loop runs along tokens,
     reading and writing contiguously."""
-    e, n = dst.shape
+    e = q_t.shape[0]
+    n = scale.shape[0]
     n_groups = scale.shape[1]
     lo, hi = np.float32(-65504.0), np.float32(65504.0)  # saturate, as `store` does
     s = np.empty((n_groups, n), np.float32)
@@ -234,12 +237,15 @@ def _dequantize_codes_transposed_half(q_t, scale, zero, group, symmetric, dst):
                 z[g, i] = half_to_float(zero[i, g])
     for j in range(e):
         g = j // group
+        # A slice, indexed from 0: dst[j * row_stride + i] made Numba check for negative indices,
+        # and the loop ran 3x slower, unvectorized.
+        row = dst[j * row_stride : j * row_stride + n]
         if symmetric:
             for i in range(n):
-                dst[j, i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i], lo), hi))
+                row[i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i], lo), hi))
         else:
             for i in range(n):
-                dst[j, i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i] + z[g, i], lo), hi))
+                row[i] = float_to_half(min(max(np.float32(q_t[j, i]) * s[g, i] + z[g, i], lo), hi))
 
 
 @parallel_kernel

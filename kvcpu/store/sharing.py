@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..codecs import codec
+from ..errors import CodecError, KVCPUError
 from ..snapshot import Snapshot
-from ..splice import join, tail
+from ..splice import join, joined, tail
 from ..state import KVState
 from .index import Entry
 from .keys import BLOCK_TOKENS, entry_key
@@ -39,8 +41,31 @@ class SharedSnapshot:
         if n_tokens is not None and n_tokens <= m:
             return self.base.decode(fingerprint, n_tokens)
         rest = None if n_tokens is None else n_tokens - m
-        state = join(self.base.decode(fingerprint), self.own.decode(fingerprint, rest))
+        if fingerprint is not None:
+            self.base.check_model(fingerprint)
+            self.own.check_model(fingerprint)
+        state = self._decode_in_place(rest)
+        if state is None:  # a codec that cannot decode into place (f16: its pieces are views anyway)
+            state = join(self.base.decode(fingerprint), self.own.decode(fingerprint, rest))
         state.tokens = self.tokens[: state.n_positions].copy()
+        return state
+
+    def _decode_in_place(self, rest: int | None) -> KVState | None:
+        """Both pieces decoded straight into the joined buffer: one pass, no copy of a piece."""
+        base, own = self.base.packed, self.own.packed
+        codecs = [codec(p.codec, **p.params) for p in (base, own)]
+        if not all(hasattr(c, "decode_into") for c in codecs):
+            return None
+        try:
+            first, second = codecs[0].skeleton(base), codecs[1].skeleton(own, rest)
+            state, places = joined(first, second)
+            where = {id(piece): place for piece, place in places}
+            for c, packed, piece in zip(codecs, (base, own), (first, second)):
+                c.decode_into(packed, [where[id(t)] for t in _in_codec_order(piece)], None if piece is first else rest)
+        except KVCPUError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            raise CodecError(f"shared snapshot cannot be decoded: {exc}") from exc
         return state
 
     def materialize(self) -> Snapshot:
@@ -152,3 +177,9 @@ class Sharing:
         """The base's own entry: the first m tokens, their hashes taken from the new entry's."""
         return Entry(entry.tokens[:m].copy(), entry.fingerprint, entry.hashes[: m // BLOCK_TOKENS], cost=0.0,
                      shared_base=True)
+
+
+def _in_codec_order(state: KVState) -> list:
+    """A state's tensors as codecs encode them: per stream, layer by layer, K then V."""
+    return [t for block in state.blocks for s in block.streams if s is not None
+            for k, v in zip(s.k, s.v) for t in (k, v)]
