@@ -15,7 +15,7 @@ import tiny_models
 from tiny_models import BY_NAME, MATRIX
 
 from kvcpu import CompressedKV, Engine, KVState, Session, codec, models
-from kvcpu.errors import EngineError, KVCPUError, ModelNotSupportedError
+from kvcpu.errors import CodecError, EngineError, KVCPUError, ModelNotSupportedError
 from kvcpu.splice import join, tail
 
 pytestmark = pytest.mark.arch
@@ -98,6 +98,23 @@ def test_every_codec_decodes_within_its_bound(tiny, name, codec_name, text):
         assert packed.ratio() >= MIN_RATIO[codec_name], f"{codec_name} on {name}: ratio {packed.ratio():.2f}"
         eng.set_state(restored)  # and llama.cpp takes it back
         assert eng.n_past == state.n_positions
+
+
+@pytest.mark.parametrize("name", KEPT)
+def test_cluster_merges_one_cache_and_refuses_two(tiny, name, text):
+    """cluster merges neighbouring cells, which only a one-cache state allows; it says so otherwise."""
+    with Engine.load(tiny[name], n_ctx=256) as eng:
+        eng.eval(eng.tokenize(text)[:200])
+        state = eng.get_state()
+        if name in TWO_CACHES:
+            with pytest.raises(CodecError, match="one cache"):
+                codec("cluster").encode(state)
+            return
+        restored = CompressedKV.from_bytes(codec("cluster").encode(state).to_bytes()).decode()
+        assert restored.n_positions == state.n_positions and restored.n_tokens <= state.n_tokens
+        eng.set_state(restored)
+        eng.eval(eng.tokenize(" and", add_bos=False)[:1])  # llama.cpp takes it and goes on
+        assert eng.n_past == state.n_positions + 1
 
 
 @pytest.mark.parametrize("name", KEPT)
