@@ -371,8 +371,8 @@ class TurnRunner:
         t0 = time.perf_counter()
         state = self.engine.warm_up()
         largest = max((e["tokens"] for e in self.store.entries()), default=0)
-        # Buffers for the biggest stored state, touched now: a restore of a shared prefix takes
-        # three at once (the base, the part, the two joined), and a save one more.
+        # Buffers for the biggest stored state, touched now: a restore, the save after it, and the
+        # previous turn's state the background store may still hold.
         buffers.POOL.reserve(largest * self.engine.info.kv_bytes_per_token_f16 + (1 << 20), count=3)
         with kernels.threads(1):  # as restore and the background store run them
             # Through bytes, as the store hands snapshots out: Numba compiles (or loads) a kernel
