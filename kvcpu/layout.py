@@ -17,6 +17,7 @@ must read.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +124,7 @@ def unpack(spec: LayoutSpec, payload: np.ndarray, index: list, n_tensors: int,
     try:
         for ti, name, dtype, shape, per_row, extents in index:
             dtype = np.dtype(dtype)
-            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize  # np.prod cost 5 us an array, 120 arrays a restore
             rows = shape[0]
             if n_tokens is not None and spec.blockwise and per_row > 0:
                 covered = -(-n_tokens // spec.block_tokens) * spec.block_tokens

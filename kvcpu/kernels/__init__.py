@@ -150,8 +150,8 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
         zero = qz.scale if symmetric else qz.zero  # not read when symmetric
         codes_t = transpose_bytes(qz.q[:rows], out=_scratch(e, -(-rows // 8) * 8))
         row_stride = out.strides[0] // out.itemsize
-        flat = np.lib.stride_tricks.as_strided(out, shape=((e - 1) * row_stride + rows,), strides=(out.itemsize,),
-                                               writeable=True)
+        flat = out.reshape(-1) if out.flags.c_contiguous else np.lib.stride_tricks.as_strided(
+            out, shape=((e - 1) * row_stride + rows,), strides=(out.itemsize,), writeable=True)
         _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], zero[:rows], qz.group, symmetric, flat,
                                           row_stride)
         return out
