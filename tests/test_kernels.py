@@ -201,6 +201,27 @@ def test_transposed_dequantize_matches_the_reference(x, group, bits, symmetric, 
     np.testing.assert_array_equal(K.dequantize(qz, n_rows=rows, transposed=True), K.dequantize(qz, n_rows=rows).T)
 
 
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False)])
+@SETTINGS
+@given(x=half_matrices(max_side=70), group=st.sampled_from([8, 16, 32]))
+def test_quantizing_a_channel_major_matrix_equals_quantizing_its_transpose(x, group, bits, symmetric):
+    """A V cache as llama.cpp stores it, (e, n), quantized along tokens: the same codes, scales
+    and minimums as the token-major matrix's, bit for bit."""
+    x_t = np.ascontiguousarray(x.T[: x.shape[1] // group * group]) if x.shape[1] >= group else \
+        np.zeros((group, x.shape[0]), np.uint16)
+    got = K.quantize_transposed(x_t, bits=bits, group=group, symmetric=symmetric)
+    want = K.quantize(np.ascontiguousarray(x_t.T), bits=bits, group=group, symmetric=symmetric)
+    np.testing.assert_array_equal(got.q, want.q)
+    np.testing.assert_array_equal(got.scale, want.scale)
+    if not symmetric:
+        np.testing.assert_array_equal(K.half_bits_to_float32(got.zero), K.half_bits_to_float32(want.zero))
+
+
+def test_quantize_transposed_refuses_channels_off_the_group():
+    with pytest.raises(ValueError, match="multiple of the group"):
+        K.quantize_transposed(np.zeros((20, 5), np.uint16), group=8)
+
+
 def test_float32_inputs_and_outputs():
     x = np.random.default_rng(3).standard_normal((9, 70)).astype(np.float32)
     qz = K.quantize(x, bits=8, group=32)

@@ -62,12 +62,26 @@ class GroupQuantCodec(TensorCodec):
             axis = "token"
         qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
                               head_dim=int(self._p["head_dim"]) if rotate else 0)
+        return self._arrays(qz, axis, group, spec), {}
+
+    def _arrays(self, qz, axis: str, group: int, spec: LayoutSpec) -> dict:
         codes = kernels.pack_codes(qz.q, self.bits, self._offset) if self.bits < 8 else qz.q
         per_row = group if axis == "channel" and not spec.channel_major else 1
         arrays = {"q": (codes, 1), "scale": (qz.scale, per_row)}
         if qz.zero is not None:
             arrays["zero"] = (qz.zero, per_row)
-        return arrays, {}
+        return arrays
+
+    def encode_tensor_flipped(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> tuple[dict, dict] | None:
+        """Per-token groups of a token-major layout from a channel-major matrix (e, n), quantized
+        along tokens without transposing the values: 4x less time on a V cache than transposing
+        it first (the turn suite's encode after an eval)."""
+        axis, group = self._plan(kind, spec)
+        e = m.shape[0]
+        if spec.channel_major or axis != "token" or self._p["rotate"] or e % group or e % 8:
+            return None
+        qz = kernels.quantize_transposed(m, bits=self.bits, group=group, symmetric=self._p["symmetric"])
+        return self._arrays(qz, axis, group, spec), {}
 
     @property
     def _offset(self) -> int:

@@ -42,6 +42,11 @@ class TensorCodec(Codec):
         (saving a transpose); None when it cannot."""
         return None
 
+    def encode_tensor_flipped(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> tuple[dict, dict] | None:
+        """encode_tensor's result from the matrix in the other orientation (a V cache as llama.cpp
+        stores it, before any transpose), when the codec can take it so; None when it cannot."""
+        return None
+
     def fit_geometry(self, head_dim: int) -> None:
         """Called by encode with the model's head size (0 when the state does not say): a codec
         that works per head takes it, unless its parameters set a size of their own."""
@@ -55,7 +60,7 @@ class TensorCodec(Codec):
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         spec = LayoutSpec(layout, block_tokens)
         self.fit_geometry(state.head_dim)
-        skeleton, cells, matrices = [], [], []
+        skeleton, cells, tensors = [], [], []
         for block in state.blocks:
             skeleton.append([None if s is None else _stream_skeleton(s) for s in block.streams])
             for s in block.streams:
@@ -63,9 +68,8 @@ class TensorCodec(Codec):
                     continue
                 cells.append(_cell_arrays(s))
                 for k, v in zip(s.k, s.v):
-                    matrices += [(_matrix(k, spec), "k"), (_matrix(v, spec), "v")]
-        self.plan(matrices, spec)
-        encoded = [self.encode_tensor(m, kind, spec) for m, kind in matrices]
+                    tensors += [(k, "k"), (v, "v")]
+        encoded = self._encode_tensors(tensors, spec)
         payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens)
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
         meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "head_dim": state.head_dim,
@@ -74,6 +78,22 @@ class TensorCodec(Codec):
                 "tensor_info": [info for _, info in encoded]}
         return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
                             state.n_tokens, f16_kv_bytes(state))
+
+    def _encode_tensors(self, tensors: list, spec: LayoutSpec) -> list[tuple[dict, dict]]:
+        """Each (Tensor, kind) encoded: those stored in the other orientation first without a
+        transpose where the codec can (encode_tensor_flipped), the rest transposed to fit."""
+        encoded: list = [None] * len(tensors)
+        rest = []
+        for i, (t, kind) in enumerate(tensors):
+            if t.transposed != spec.channel_major:
+                encoded[i] = self.encode_tensor_flipped(_values(t), kind, spec)
+            if encoded[i] is None:
+                rest.append(i)
+        matrices = [(_matrix(tensors[i][0], spec), tensors[i][1]) for i in rest]
+        self.plan(matrices, spec)
+        for i, (m, kind) in zip(rest, matrices):
+            encoded[i] = self.encode_tensor(m, kind, spec)
+        return encoded
 
     # -- decode -----------------------------------------------------------------------
 
@@ -175,6 +195,14 @@ def _tensors_in_order(state: KVState, skeleton: list):
 
 def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:
     """The tensor as uint16 half bits (f16) or float32, token- or channel-major as the layout wants."""
+    data = _values(t)
+    if t.transposed == spec.channel_major:
+        return data
+    return kernels.transpose(data)
+
+
+def _values(t: Tensor) -> np.ndarray:
+    """The tensor's data, as it is stored, as uint16 half bits (f16) or float32; inf and NaN refused."""
     if t.ggml_type not in (F16, F32, BF16):
         raise CodecError(
             f"KV type {BY_ID[t.ggml_type].name} is llama.cpp's own quantized cache; encode it with "
@@ -188,9 +216,7 @@ def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise CodecError(f"the state holds {bad} inf or NaN values; a lossy codec cannot encode them")
-    if t.transposed == spec.channel_major:
-        return data
-    return kernels.transpose(data)
+    return data
 
 
 def _float_to_bf16(m: np.ndarray) -> np.ndarray:

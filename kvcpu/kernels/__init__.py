@@ -23,6 +23,7 @@ from .quant import (
     _dequantize_cols,
     _dequantize_flat_half,
     _dequantize_rows,
+    _quantize_channel_major,
     _quantize_cols,
     _quantize_flat,
     _quantize_rows,
@@ -33,6 +34,7 @@ AXES = ("token", "channel")  # groups along channels within a token, or along to
 __all__ = [
     "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
+    "quantize_transposed",
     "rotation_size",
     "transpose", "transpose_bytes", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
 ]
@@ -109,6 +111,25 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
         if n and e:
             _quantize_cols(x, group, top, symmetric, q, scale, zero)
     return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim)
+
+
+def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symmetric: bool = True) -> Quantized:
+    """quantize(x_t.T, axis='token') for x_t: (e, n) uint16 half bits or float32, channel-major
+    (a V cache as llama.cpp stores it), with e a multiple of group and of 8, without transposing
+    the values: they are quantized along tokens, and only the int8 codes are transposed."""
+    x_t = _matrix(x_t)
+    e, n = x_t.shape
+    if e % group or e % 8:
+        raise ValueError(f"{e} channels are not a multiple of the group {group} and of 8")
+    if not symmetric and bits == 8:
+        raise ValueError("asymmetric codes span [0, 2**bits - 1]: at most 7 bits fit an int8")
+    n8 = -(-n // 8) * 8
+    codes_t = np.zeros((e, n8), np.int8)
+    scale, zero = np.empty((n, e // group), np.uint16), np.empty((n, e // group), np.uint16)
+    if n and e:
+        _quantize_channel_major(x_t, group, qmax(bits, symmetric), symmetric, codes_t, scale, zero)
+    q = transpose_bytes(codes_t)[:n] if n else np.empty((0, e), np.int8)
+    return Quantized(q, scale, None if symmetric else zero, bits, group, "token")
 
 
 def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,

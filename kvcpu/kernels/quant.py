@@ -141,6 +141,39 @@ def _quantize_flat(src, group, qmax, symmetric, q, scale, zero):
             _quantize_group(src, g * group, group, qmax, symmetric, lo_code, q, scale, zero, g)
 
 
+@serial_kernel
+def _quantize_channel_major(src_t, group, qmax, symmetric, q_t, scale, zero):
+    """Per-token groups of a matrix given channel-major (a V cache as llama.cpp stores it):
+    src_t (e, n) uint16 or float32, e % group == 0; q_t (e, >= n) int8 codes, channel-major;
+    scale, zero (n, e/group) uint16. _quantize_rows' results without transposing the input:
+    every loop runs along tokens, so ranges, scales and codes all vectorize."""
+    e, n = src_t.shape
+    lo_code = -qmax if symmetric else 0
+    mn = np.empty(n, np.float32)
+    mx = np.empty(n, np.float32)
+    inv = np.empty(n, np.float32)
+    zf = np.empty(n, np.float32)
+    for g in range(e // group):
+        j0 = g * group
+        for i in range(n):
+            mn[i] = load(src_t[j0, i])
+            mx[i] = mn[i]
+        for j in range(j0 + 1, j0 + group):
+            row = src_t[j]
+            for i in range(n):
+                v = load(row[i])
+                mn[i] = min(mn[i], v)
+                mx[i] = max(mx[i], v)
+        for i in range(n):
+            s, zf[i], scale[i, g], zero[i, g] = _params(mn[i], mx[i], qmax, symmetric)
+            inv[i] = _inverse(s)
+        for j in range(j0, j0 + group):
+            row = src_t[j]
+            codes = q_t[j]
+            for i in range(n):
+                codes[i] = _code(load(row[i]), inv[i], zf[i], lo_code, qmax)
+
+
 @inline
 def _quantize_group(src, base, size, qmax, symmetric, lo_code, q, scale, zero, g):
     mn = load(src[base])
