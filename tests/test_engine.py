@@ -29,3 +29,21 @@ def test_shift_context_keeps_the_sinks_and_the_recent_tokens(make_engine):
     assert len(list(eng.generate(4))) > 0
     eng.truncate(5)
     assert eng.tokens == tokens[:5] and eng.get_state().n_tokens == 5
+
+
+def test_a_file_llama_cpp_refuses_is_an_engine_error_with_its_reason(tmp_path, caplog):
+    """llama.cpp says why a load failed (its exception does not): the reason is in the error,
+    and its log reaches Python's logging at its true level rather than stderr."""
+    import logging
+
+    import pytest
+
+    from kvcpu import Engine
+    from kvcpu.errors import EngineError
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
+    with caplog.at_level(logging.DEBUG, logger="kvcpu.llama_cpp"), \
+            pytest.raises(EngineError, match="failed to read header"):
+        Engine.load(bad)
+    assert any(r.levelno == logging.ERROR and r.name == "kvcpu.llama_cpp" for r in caplog.records)
