@@ -407,9 +407,7 @@ def _check_cache_types(path: Path, config: EngineConfig) -> None:
         raise EngineError(f"llama.cpp could not read the metadata of {path}")
     try:
         arch = _meta_str(model, "general.architecture")
-        n_embd = int(_meta_str(model, f"{arch}.embedding_length") or 0)
-        n_head = int(_meta_str(model, f"{arch}.attention.head_count") or 1)
-        head_dim = int(_meta_str(model, f"{arch}.attention.key_length") or 0) or n_embd // max(n_head, 1)
+        head_dim = _head_dim(lambda key, default=0: int(_meta_str(model, f"{arch}.{key}") or default))
     finally:
         llama_cpp.llama_model_free(model)
     for key, t in asked.items():
@@ -419,8 +417,6 @@ def _check_cache_types(path: Path, config: EngineConfig) -> None:
 
 
 def _meta_str(model, key: str) -> str | None:
-    import ctypes
-
     import llama_cpp
 
     buf = ctypes.create_string_buffer(256)
@@ -453,6 +449,11 @@ def _unsupported_memory(llama) -> str:
     return ""
 
 
+def _head_dim(num) -> int:
+    """The model's head size from its metadata (num(key, default) reads '{arch}.key' as int)."""
+    return num("attention.key_length") or num("embedding_length") // max(num("attention.head_count", 1), 1)
+
+
 def _model_info(llama, path: Path) -> ModelInfo:
     meta = llama.metadata
     arch = meta.get("general.architecture", "unknown")
@@ -461,9 +462,8 @@ def _model_info(llama, path: Path) -> ModelInfo:
         return int(meta.get(f"{arch}.{key}", default))
 
     n_head = num("attention.head_count", 1)
-    head_dim = num("attention.key_length") or num("embedding_length") // max(n_head, 1)
     return ModelInfo(
         arch=arch, n_layer=num("block_count"), n_head_kv=num("attention.head_count_kv", n_head),
-        head_dim=head_dim, n_ctx_train=num("context_length"), n_vocab=llama.n_vocab(),
+        head_dim=_head_dim(num), n_ctx_train=num("context_length"), n_vocab=llama.n_vocab(),
         path=str(path), fingerprint=models.fingerprint(path),
     )

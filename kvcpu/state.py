@@ -253,6 +253,11 @@ class KVState:
         """Length of to_bytes(), computed without serializing."""
         return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in self._parts())
 
+    def tensors_by_layer(self) -> list[Tensor]:
+        """Every tensor in the order codecs encode them: per stream, layer by layer, K then V."""
+        return [t for block in self.blocks for s in block.streams if s is not None
+                for k, v in zip(s.k, s.v) for t in (k, v)]
+
     def tensors(self):
         """Yield (block, stream, layer, 'k'|'v', Tensor) for every tensor."""
         for bi, block in enumerate(self.blocks):

@@ -100,7 +100,7 @@ class TensorCodec(Codec):
     def decode(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
         """The state, decoded straight into one buffer laid out as llama.cpp's bytes."""
         state = self.skeleton(packed, n_tokens).materialize()
-        self.decode_into(packed, [t for _, t, _ in _tensors_in_order(state, packed.meta["blocks"])], n_tokens)
+        self.decode_into(packed, state.tensors_by_layer(), n_tokens)
         return state
 
     def skeleton(self, packed: CompressedKV, n_tokens: int | None = None) -> KVState:
@@ -180,17 +180,6 @@ def _geometry(state: KVState) -> list[dict | None]:
         else:
             out.append({"n_head_kv": stream.k[0].n_embd // state.head_dim, "head_dim": state.head_dim})
     return out
-
-
-def _tensors_in_order(state: KVState, skeleton: list):
-    """(kind, Tensor, stream skeleton) in encode order: per stream, layer by layer, K then V."""
-    for block, sk_block in zip(state.blocks, skeleton):
-        for stream, sk in zip(block.streams, sk_block):
-            if stream is None:
-                continue
-            for k, v in zip(stream.k, stream.v):
-                yield "k", k, sk
-                yield "v", v, sk
 
 
 def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:

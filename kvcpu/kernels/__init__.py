@@ -75,6 +75,15 @@ def _matrix(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _check_codes(bits: int, group: int, symmetric: bool) -> None:
+    if bits not in (2, 3, 4, 5, 6, 7, 8):
+        raise ValueError(f"bits must be 2..8, not {bits}")
+    if not symmetric and bits == 8:
+        raise ValueError("asymmetric codes span [0, 2**bits - 1]: at most 7 bits fit an int8")
+    if group < 1:
+        raise ValueError(f"group must be positive, not {group}")
+
+
 def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "token",
              symmetric: bool = True, head_dim: int = 0) -> Quantized:
     """x: (n, e) uint16 half bits or float32 -> group-wise integer codes.
@@ -83,12 +92,7 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     Non-finite inputs are the caller's to refuse: count_nonfinite_half finds them.
     """
     x = _matrix(x)
-    if bits not in (2, 3, 4, 5, 6, 7, 8):
-        raise ValueError(f"bits must be 2..8, not {bits}")
-    if not symmetric and bits == 8:
-        raise ValueError("asymmetric codes span [0, 2**bits - 1]: at most 7 bits fit an int8")
-    if group < 1:
-        raise ValueError(f"group must be positive, not {group}")
+    _check_codes(bits, group, symmetric)
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
     n, e = x.shape
@@ -118,11 +122,10 @@ def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symm
     (a V cache as llama.cpp stores it), with e a multiple of group and of 8, without transposing
     the values: they are quantized along tokens, and only the int8 codes are transposed."""
     x_t = _matrix(x_t)
+    _check_codes(bits, group, symmetric)
     e, n = x_t.shape
     if e % group or e % 8:
         raise ValueError(f"{e} channels are not a multiple of the group {group} and of 8")
-    if not symmetric and bits == 8:
-        raise ValueError("asymmetric codes span [0, 2**bits - 1]: at most 7 bits fit an int8")
     n8 = -(-n // 8) * 8
     codes_t = np.zeros((e, n8), np.int8)
     scale, zero = np.empty((n, e // group), np.uint16), np.empty((n, e // group), np.uint16)
@@ -160,20 +163,19 @@ def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
     if rows == 0 or e == 0:
         return out
     symmetric = qz.zero is None
+    stored_zero = qz.scale if symmetric else qz.zero  # for the fast kernels, which do not read it when symmetric
     if qz.axis == "token" and not qz.head_dim and not transposed and e % qz.group == 0 and out_dtype == np.uint16:
-        zero = qz.scale if symmetric else qz.zero  # not read when symmetric
-        q, scale, zero = (np.ascontiguousarray(a[:rows]) for a in (qz.q, qz.scale, zero))
+        q, scale, zero = (np.ascontiguousarray(a[:rows]) for a in (qz.q, qz.scale, stored_zero))
         _dequantize_flat_half(q.reshape(-1), scale.reshape(-1), zero.reshape(-1), qz.group, symmetric, out.reshape(-1))
         return out
     if transposed and not qz.head_dim and e % qz.group == 0 and e % 8 == 0 and out_dtype == np.uint16:
         # Transpose the int8 codes (8x8 blocks in 64-bit words), then dequantize along tokens:
         # 4x faster than transposing each value as it is decoded (the `kernels` suite).
-        zero = qz.scale if symmetric else qz.zero  # not read when symmetric
         codes_t = transpose_bytes(qz.q[:rows], out=_scratch(e, -(-rows // 8) * 8))
         row_stride = out.strides[0] // out.itemsize
         flat = out.reshape(-1) if out.flags.c_contiguous else np.lib.stride_tricks.as_strided(
             out, shape=((e - 1) * row_stride + rows,), strides=(out.itemsize,), writeable=True)
-        _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], zero[:rows], qz.group, symmetric, flat,
+        _dequantize_codes_transposed_half(codes_t, qz.scale[:rows], stored_zero[:rows], qz.group, symmetric, flat,
                                           row_stride)
         return out
     zero = qz.zero if not symmetric else np.zeros_like(qz.scale)

@@ -56,16 +56,16 @@ def _transpose_bytes(src, n_src_rows, dst):
     """A byte matrix transposed 8x8 bytes at a time, each block in eight 64-bit words.
 
     src: (R8, C/8) uint64 viewing an (R8, C) byte matrix of which the first n_src_rows rows are
-    read (the others count as zero); dst: (C_out, R8/8) uint64 viewing (C_out, R8) bytes, where
-    C_out <= C rows are written. Byte order is little-endian (callers check). A byte-wise tiled
-    loop ran at about 1.2 ns a byte here; this runs at a fifth of that.
+    read (the others count as zero); dst: (C, R8/8) uint64 viewing (C, R8) bytes. Byte order is
+    little-endian (callers check). A byte-wise tiled loop ran at about 1.2 ns a byte here; this
+    runs at a fifth of that.
     """
     n_blocks = dst.shape[1]
     words = src.shape[1]
     block = np.empty((8, words), np.uint64)
     for ib in range(n_blocks):
         i0 = ib * 8
-        if i0 + 8 <= n_src_rows and words * 8 <= dst.shape[0]:
+        if i0 + 8 <= n_src_rows:
             _transpose_full_row(src, i0, words, block)
             for jb in range(words):
                 for k in range(8):
@@ -90,17 +90,16 @@ def _transpose_full_row(src, i0, words, block):
 
 @serial_kernel
 def _transpose_edge(src, n_src_rows, dst, ib):
-    """The rows of block ib when fewer than eight are left, or only some output rows are kept."""
+    """The rows of block ib when fewer than eight are left."""
     i0 = ib * 8
     m = min(8, n_src_rows - i0)
-    n_out = dst.shape[0]
     zero = np.uint64(0)
     for jb in range(src.shape[1]):
         w = _transpose_words(src[i0, jb] if m > 0 else zero, src[i0 + 1, jb] if m > 1 else zero,
                              src[i0 + 2, jb] if m > 2 else zero, src[i0 + 3, jb] if m > 3 else zero,
                              src[i0 + 4, jb] if m > 4 else zero, src[i0 + 5, jb] if m > 5 else zero,
                              src[i0 + 6, jb] if m > 6 else zero, src[i0 + 7, jb] if m > 7 else zero)
-        for k in range(min(8, n_out - jb * 8)):
+        for k in range(8):
             dst[jb * 8 + k, ib] = w[k]
 
 

@@ -60,8 +60,8 @@ class SharedSnapshot:
             first, second = codecs[0].skeleton(base), codecs[1].skeleton(own, rest)
             state, places = joined(first, second)
             where = {id(piece): place for piece, place in places}
-            for c, packed, piece in zip(codecs, (base, own), (first, second)):
-                c.decode_into(packed, [where[id(t)] for t in _in_codec_order(piece)], None if piece is first else rest)
+            for c, packed, piece, n in zip(codecs, (base, own), (first, second), (None, rest)):
+                c.decode_into(packed, [where[id(t)] for t in piece.tensors_by_layer()], n)
         except KVCPUError:
             raise
         except (ValueError, IndexError, KeyError, TypeError) as exc:
@@ -178,8 +178,3 @@ class Sharing:
         return Entry(entry.tokens[:m].copy(), entry.fingerprint, entry.hashes[: m // BLOCK_TOKENS], cost=0.0,
                      shared_base=True)
 
-
-def _in_codec_order(state: KVState) -> list:
-    """A state's tensors as codecs encode them: per stream, layer by layer, K then V."""
-    return [t for block in state.blocks for s in block.streams if s is not None
-            for k, v in zip(s.k, s.v) for t in (k, v)]
