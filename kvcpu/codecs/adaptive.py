@@ -1,6 +1,12 @@
-"""adaptive: per layer and per K/V, the codec and parameters chosen by measured error.
+"""adaptive: a target ratio met with the least error, or a target error with the fewest bytes.
 
-Every tensor is encoded with every option below and decoded again; its error is the relative
+With a target ratio and no list of options (the default), every tensor is encoded with ecq
+and one scale of ecq's steps is fitted so that the snapshot just fits the ratio. Scaling all
+steps together, which keeps the error of every tensor in the same proportion to its spread,
+gave a lower KL than choosing per tensor by reconstruction error (docs/design.md, "Quality").
+
+With a list of options, or a target error, the choice is per layer and per K/V. Every tensor
+is encoded with every option below and decoded again; its error is the relative
 squared error ||x' - x||^2 / ||x||^2, per channel for keys (see _channel_weights). Then, with
 a target ratio, the options are chosen to fit the byte budget with the least total error
 (greedy upgrades along each tensor's lower convex hull of bytes against error); with a target
@@ -17,8 +23,11 @@ from ..errors import CodecError
 from ..layout import LayoutSpec
 from ..state import KVState
 from .base import CompressedKV, codec, register
+from .ecq import EntropyCodedCodec
 from .quantized import GroupQuantCodec
 from .tensorwise import TensorCodec
+
+_ECQ_STEPS = (EntropyCodedCodec.STEP_K, EntropyCodedCodec.STEP_V)
 
 # name -> (codec, params). Names are only labels: the header records codec and params in full.
 OPTIONS = {
@@ -31,7 +40,10 @@ OPTIONS = {
     "int4-rot-g128": ("int4-rot", {"group": 128}),
     "int2-rot-g16": ("int2-rot", {"group": 16}),
     "int2-rot-g32": ("int2-rot", {"group": 32}),
+    "ecq": ("ecq", {}),
 }
+_SCALE_RANGE = (0.02, 30.0)  # of ecq's default steps: from near-int8 error to ~1 bit a value
+_FIT_ROUNDS = 6
 
 
 class RawTensor(TensorCodec):
@@ -73,6 +85,7 @@ class AdaptiveCodec(TensorCodec):
             raise CodecError("adaptive takes a target_ratio or a target_error, not both and not neither")
         if target_ratio is not None and target_ratio < 1:
             raise CodecError(f"target_ratio must be >= 1, not {target_ratio}")
+        self._uniform = options is None and target_error is None
         options = list(options or OPTIONS)
         unknown = [o for o in options if o not in OPTIONS]
         if unknown or "f16" not in options:
@@ -80,9 +93,11 @@ class AdaptiveCodec(TensorCodec):
         self._p = {"target_ratio": target_ratio, "target_error": target_error, "options": options}
         self._chosen: list = []
         self._rotation = 0  # channels per rotation, from the model's heads (0: the options' default)
+        self._head_dim = 0
 
     def fit_geometry(self, head_dim: int) -> None:
         self._rotation = kernels.rotation_size(head_dim) if head_dim else 0
+        self._head_dim = head_dim
 
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
         self._budget = None
@@ -99,6 +114,9 @@ class AdaptiveCodec(TensorCodec):
         return packed
 
     def plan(self, matrices, spec: LayoutSpec) -> None:
+        if self._uniform:
+            self._chosen = self._fit_ecq_scale(matrices, spec)
+            return
         table = []  # per tensor: [(bytes, error, option, encoded)]
         for m, kind in matrices:
             x = (kernels.half_bits_to_float32(m) if m.dtype == np.uint16 else m).astype(np.float64)
@@ -120,6 +138,37 @@ class AdaptiveCodec(TensorCodec):
             table.append(rows)
         picks = self._pick_by_error(table) if self._budget is None else self._pick_by_budget(table)
         self._chosen = [table[i][j][3] for i, j in enumerate(picks)]
+
+    def _fit_ecq_scale(self, matrices, spec: LayoutSpec) -> list:
+        """Every tensor in ecq at the finest common scale of its steps that fits the budget. Bytes
+        fall by about one bit a value each time the scale doubles: a secant on log2(scale) finds
+        it in a few rounds. The largest encoding within the budget is kept (the smallest, if
+        none fits: the ratio then falls short, and the header's choices show it)."""
+        bytes_per_doubling = sum(m.size for m, _ in matrices) / 8
+        lo, hi = np.log2(_SCALE_RANGE[0]), np.log2(_SCALE_RANGE[1])
+        tried, x = [], 0.0
+        for _ in range(_FIT_ROUNDS):
+            size, chosen = self._ecq_at(2.0**x, matrices, spec)
+            tried.append((size, chosen))
+            over = (size - self._budget) / bytes_per_doubling
+            nxt = float(np.clip(x + over + (0.02 if over > 0 else 0.0), lo, hi))  # land inside the budget
+            if abs(nxt - x) < 0.01:
+                break
+            x = nxt
+        fits = [t for t in tried if t[0] <= self._budget]
+        return (max(fits, key=lambda t: t[0]) if fits else min(tried, key=lambda t: t[0]))[1]
+
+    def _ecq_at(self, scale: float, matrices, spec: LayoutSpec) -> tuple[int, list]:
+        params = {"step_k": round(_ECQ_STEPS[0] * scale, 6), "step_v": round(_ECQ_STEPS[1] * scale, 6)}
+        if self._head_dim:
+            params["head_dim"] = self._head_dim
+        c = _option_codec("ecq", params)
+        chosen, size = [], 0
+        for m, kind in matrices:
+            arrays, info = c.encode_tensor(m, kind, spec)
+            size += sum(a.nbytes for a, _ in arrays.values())
+            chosen.append((arrays, {**info, "option": "ecq", "codec": "ecq", "params": c.params}))
+        return size, chosen
 
     def _pick_by_error(self, table) -> list[int]:
         target = self._p["target_error"]
