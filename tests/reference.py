@@ -75,3 +75,17 @@ def pack_codes(q: np.ndarray, bits: int, offset: int) -> np.ndarray:
     for s in range(per):
         out |= u[:, s::per] << (s * bits)
     return out
+
+
+def quantize_stepped(x: np.ndarray, offset, row_step, col_step) -> np.ndarray:
+    """x: (n, e) float32 -> int8 codes rint((x - offset) / (row_step[t, c // head] * col_step[c]))."""
+    head = x.shape[1] // row_step.shape[1]
+    step = np.repeat(row_step, head, axis=1) * col_step[None, :]
+    return np.clip(np.rint((x - offset[None, :]) / step), -127, 127).astype(np.int8)
+
+
+def dequantize_stepped(q: np.ndarray, offset, row_step, col_step) -> np.ndarray:
+    """quantize_stepped's inverse, as float32 values before rounding to the output type."""
+    head = q.shape[1] // row_step.shape[1]
+    step = np.repeat(row_step, head, axis=1) * col_step[None, :]
+    return q.astype(np.float32) * step + offset[None, :]

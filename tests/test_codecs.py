@@ -12,16 +12,20 @@ from kvcpu.errors import CodecError, KVCPUError
 from kvcpu.layout import LAYOUTS
 from kvcpu.quality import compare, continuation_logits
 
-LOSSY = ["int8", "int4", "int4-rot", "svd", "cluster", "adaptive"]
+LOSSY = ["int8", "int4", "int4-rot", "ecq", "svd", "cluster", "adaptive"]
 # About 3x the KL measured on this scene (the worst of the four layouts), so that a real regression
-# fails: int8 0.0030, int4 0.0060, int4-rot 0.0090, cluster 0.0146, adaptive (ratio 4) 0.0174,
-# svd 0.087; top-1 agreement over its 64 positions 0.984, 0.969, 0.969, 0.875, 0.875, 0.859.
-KL_BOUND = {"f16": 0.0, "int8": 0.009, "int4": 0.018, "int4-rot": 0.027, "adaptive": 0.052, "cluster": 0.045,
-            "svd": 0.26}
-TOP1_FLOOR = {"f16": 1.0, "int8": 0.95, "int4": 0.93, "int4-rot": 0.93, "adaptive": 0.8, "cluster": 0.8, "svd": 0.78}
+# fails: int8 0.0030, int4 0.0060, int4-rot 0.0090, ecq 0.0048, cluster 0.0146, adaptive (ratio 4)
+# 0.0039, svd 0.087; top-1 agreement over its 64 positions 0.984, 0.969, 0.969, 0.953, 0.875,
+# 0.969, 0.859.
+KL_BOUND = {"f16": 0.0, "int8": 0.009, "int4": 0.018, "int4-rot": 0.027, "ecq": 0.015, "adaptive": 0.012,
+            "cluster": 0.045, "svd": 0.26}
+TOP1_FLOOR = {"f16": 1.0, "int8": 0.95, "int4": 0.93, "int4-rot": 0.93, "ecq": 0.9, "adaptive": 0.9, "cluster": 0.8,
+              "svd": 0.78}
 # Below these something is wrong with the encoding; svd at 99% energy barely beats f16 on this
-# model's KV, which is a finding, not a bug.
-MIN_RATIO = {"f16": 0.99, "int8": 1.8, "int4": 2.5, "int4-rot": 3.3, "adaptive": 3.9, "cluster": 1.05, "svd": 0.9}
+# model's KV, which is a finding, not a bug. ecq measured 3.66 (interleaved) to 3.75, adaptive 3.90
+# (interleaved pads its blocks) to 4.00.
+MIN_RATIO = {"f16": 0.99, "int8": 1.8, "int4": 2.5, "int4-rot": 3.3, "ecq": 3.5, "adaptive": 3.8, "cluster": 1.05,
+             "svd": 0.9}
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from kvcpu.codecs.tensorwise import _float_to_bf16
 from kvcpu.layout import LAYOUTS, LayoutSpec, pack, unpack
 
 # Relative RMS error of the decoded values, about 3x the worst each codec measures on these
-# states: int8 0.0057, int4 0.082, int4-rot 0.10, svd 0.10. adaptive, held to 4x on random values
-# that nothing compresses, measures 0.68: its bound only catches garbage (zeros measure 1.0).
-REL_RMS = {"f16": 0.0, "int8": 0.017, "int4": 0.25, "int4-rot": 0.3, "svd": 0.3, "adaptive": 0.85}
+# states: int8 0.0057, int4 0.082, int4-rot 0.10, ecq 0.13, svd 0.10. adaptive, held to 4x on
+# states of 40 cells whose header alone takes most of that budget, measures up to 0.95: its bound
+# only catches garbage (tensors decoded in each other's places measure about 1.4).
+REL_RMS = {"f16": 0.0, "int8": 0.017, "int4": 0.25, "int4-rot": 0.3, "ecq": 0.4, "svd": 0.3, "adaptive": 1.0}
 F32, F16, BF16 = 0, 1, 30
 
 

@@ -321,3 +321,61 @@ def test_cosine_to_previous_and_run_means_match_numpy(x, data):
     for r in range(len(starts) - 1):
         want = ref.half_to_float(x)[starts[r] : starts[r + 1]].astype(np.float32).mean(axis=0)
         np.testing.assert_allclose(means[r], want, rtol=2**-10, atol=2**-24)
+
+
+# -- stepped codes (ecq) -----------------------------------------------------------------------
+
+
+@st.composite
+def stepped_args(draw):
+    """(x, offset, row_step, col_step): steps from tiny (codes clip) to coarse, heads dividing e."""
+    x = draw(half_matrices())
+    n, e = x.shape
+    heads = draw(st.sampled_from([h for h in (1, 2, 3, 4, 5) if e % h == 0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    magnitude = draw(st.sampled_from([1e-6, 1e-2, 1.0, 100.0]))
+    row = (rng.uniform(0.5, 2.0, (n, heads)) * magnitude).astype(np.float32)
+    col = rng.uniform(0.5, 2.0, e).astype(np.float32)
+    offset = (rng.standard_normal(e) * draw(st.sampled_from([0.0, 1.0, 1e3]))).astype(np.float32)
+    return x, offset, row, col
+
+
+@SETTINGS
+@given(args=stepped_args(), as_float32=st.booleans())
+def test_stepped_codes_match_the_reference(args, as_float32):
+    x, offset, row, col = args
+    x32 = ref.half_to_float(x)
+    q = K.quantize_stepped(x32 if as_float32 else x, offset, row, col)
+    np.testing.assert_array_equal(q, ref.quantize_stepped(x32, offset, row, col))
+    want = ref.dequantize_stepped(q, offset, row, col)
+    np.testing.assert_array_equal(K.dequantize_stepped(q, offset, row, col, np.float32), want)
+    halves = K.dequantize_stepped(q, offset, row, col)
+    np.testing.assert_array_equal(halves, ref.float_to_half(np.clip(want, -HALF_MAX, HALF_MAX)))
+
+
+@SETTINGS
+@given(args=stepped_args())
+def test_stepped_codes_err_by_half_a_step_where_they_do_not_clip(args):
+    x, offset, row, col = args
+    x32 = ref.half_to_float(x)
+    q = K.quantize_stepped(x, offset, row, col)
+    step = np.repeat(row, x.shape[1] // row.shape[1], axis=1) * col
+    inside = np.abs((x32 - offset) / step) <= 126.5
+    err = np.abs(K.dequantize_stepped(q, offset, row, col, np.float32) - x32)
+    bound = 0.5 * step * (1 + 1e-5) + (np.abs(x32) + np.abs(offset)) * 1e-6
+    assert np.all(err[inside] <= bound[inside])
+
+
+def test_stepped_codes_decode_into_a_larger_buffer_and_refuse_bad_steps():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    off, row, col = np.zeros(4, np.float32), np.ones((3, 2), np.float32), np.ones(4, np.float32)
+    out = np.full((5, 4), -1.0, np.float32)
+    K.dequantize_stepped(K.quantize_stepped(x, off, row, col), off, row, col, np.float32, out=out)
+    np.testing.assert_array_equal(out[:3], x)
+    assert np.all(out[3:] == -1)
+    for bad_row, bad_col in ((np.zeros((3, 2), np.float32), col), (row, np.full(4, np.nan, np.float32)),
+                             (np.ones((3, 3), np.float32), col), (np.ones((2, 2), np.float32), col)):
+        with pytest.raises(ValueError):
+            K.quantize_stepped(x, off, bad_row, bad_col)
+    with pytest.raises(ValueError, match="out must be"):
+        K.dequantize_stepped(np.zeros((3, 4), np.int8), off, row, col, np.float32, out=np.empty((2, 4), np.float32))

@@ -106,7 +106,12 @@ class AdaptiveCodec(TensorCodec):
             cell_bytes = sum(12 * s.n_cells for b in state.blocks for s in b.streams if s is not None)
             f16 = sum(2 * t.n_cells * t.n_embd for *_, t in state.tensors())
             self._budget = f16 / self._p["target_ratio"] - cell_bytes - 16384
+        self._start = 0.0
         packed = super().encode(state, layout, block_tokens)
+        if self._uniform and packed.ratio() > 1.02 * self._p["target_ratio"]:
+            # The header took less than the room kept for it (a small state): spend the rest.
+            self._budget += packed.f16_kv_bytes / self._p["target_ratio"] - packed.nbytes
+            packed = super().encode(state, layout, block_tokens)
         counts: dict[str, int] = {}
         for info in packed.meta["tensor_info"]:
             counts[info["option"]] = counts.get(info["option"], 0) + 1
@@ -146,7 +151,7 @@ class AdaptiveCodec(TensorCodec):
         none fits: the ratio then falls short, and the header's choices show it)."""
         bytes_per_doubling = sum(m.size for m, _ in matrices) / 8
         lo, hi = np.log2(_SCALE_RANGE[0]), np.log2(_SCALE_RANGE[1])
-        tried, x = [], 0.0
+        tried, x = [], self._start
         for _ in range(_FIT_ROUNDS):
             size, chosen = self._ecq_at(2.0**x, matrices, spec)
             tried.append((size, chosen))
@@ -155,6 +160,7 @@ class AdaptiveCodec(TensorCodec):
             if abs(nxt - x) < 0.01:
                 break
             x = nxt
+        self._start = x
         fits = [t for t in tried if t[0] <= self._budget]
         return (max(fits, key=lambda t: t[0]) if fits else min(tried, key=lambda t: t[0]))[1]
 
