@@ -379,3 +379,12 @@ def test_stepped_codes_decode_into_a_larger_buffer_and_refuse_bad_steps():
             K.quantize_stepped(x, off, bad_row, bad_col)
     with pytest.raises(ValueError, match="out must be"):
         K.dequantize_stepped(np.zeros((3, 4), np.int8), off, row, col, np.float32, out=np.empty((2, 4), np.float32))
+
+
+@SETTINGS
+@given(q=arrays(np.int8, st.tuples(st.integers(0, 30), st.integers(0, 30))))
+def test_token_deltas_round_trip_and_match_numpy(q):
+    d = K.token_deltas(q)
+    want = np.diff(q.T.astype(np.int64), axis=1, prepend=0).astype(np.int64)
+    np.testing.assert_array_equal(d.astype(np.int64) % 256, want % 256)  # differences, wrapping in int8
+    np.testing.assert_array_equal(K.undo_token_deltas(d), q)

@@ -2,7 +2,8 @@
 
 Inputs: the quality suite's rows (ratio and KL per codec), the model's f16 KV bytes per token,
 and where measured, the process's RSS with the model loaded (restore suite) and each codec's
-decode time (kernels suite). The budget is the RAM limit less what the model itself takes.
+decode time (the quality suite's, else the kernels suite's). The budget is the RAM limit less
+what the model itself takes.
 Among codecs within the KL limit, the one that keeps the most tokens in that budget wins;
 codecs within 2% of it are split by decode time.
 """
@@ -44,7 +45,7 @@ def _candidates(suites: dict, kv_bytes_per_token: int, budget: float) -> list[di
                      "top1": r["top1_agreement"], "bytes_per_token": per_token,
                      "tokens_in_budget": max(0.0, budget) / per_token,
                      "conversations": max(0.0, budget) / per_token / CONVERSATION_TOKENS,
-                     "decode_ms_per_1k": decode_per_1k.get(r["codec"])})
+                     "decode_ms_per_1k": r.get("decode_ms_per_1k", decode_per_1k.get(r["codec"]))})
     return rows
 
 

@@ -28,14 +28,14 @@ from .quant import (
     _quantize_flat,
     _quantize_rows,
 )
-from .stepped import _dequantize_stepped, _quantize_stepped
+from .stepped import _dequantize_stepped, _dequantize_stepped_half, _quantize_stepped, _undo_token_deltas
 
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
 __all__ = [
     "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
-    "quantize_transposed", "quantize_stepped", "dequantize_stepped",
+    "quantize_transposed", "quantize_stepped", "dequantize_stepped", "token_deltas", "undo_token_deltas",
     "rotation_size",
     "transpose", "transpose_bytes", "unpack_codes", "unpack_nibbles", "threads", "use_threads",
 ]
@@ -306,6 +306,27 @@ def dequantize_stepped(q: np.ndarray, offset: np.ndarray, row_step: np.ndarray, 
     elif (out.dtype != out_dtype or out.ndim != 2 or out.shape[0] < q.shape[0] or out.shape[1] != q.shape[1]
           or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"out must be a writeable C-contiguous (>= {q.shape[0]}, {q.shape[1]}) {out_dtype} array")
-    if q.size:
+    if q.size and out_dtype == np.uint16:
+        _dequantize_stepped_half(np.ascontiguousarray(q).reshape(-1), offset, row_step, col_step, head, out.reshape(-1))
+    elif q.size:
         _dequantize_stepped(np.ascontiguousarray(q), offset, row_step, col_step, head, out)
     return out
+
+
+def token_deltas(codes: np.ndarray) -> np.ndarray:
+    """(n, e) int8 codes -> (e, n): per channel, each code minus the previous token's, wrapping."""
+    t = np.ascontiguousarray(np.asarray(codes, np.int8).T)
+    out = t.copy()
+    np.subtract(t[:, 1:], t[:, :-1], out=out[:, 1:], dtype=np.int8, casting="unsafe")
+    return out
+
+
+def undo_token_deltas(deltas: np.ndarray) -> np.ndarray:
+    """token_deltas' inverse: (e, n) int8 differences -> (n, e) codes."""
+    deltas = np.ascontiguousarray(deltas)
+    if deltas.ndim != 2 or deltas.dtype != np.int8:
+        raise ValueError(f"deltas must be an (e, n) int8 matrix, not {deltas.dtype} {deltas.shape}")
+    codes = np.empty(deltas.shape[::-1], np.int8)
+    if deltas.size:
+        _undo_token_deltas(deltas, codes)
+    return codes
