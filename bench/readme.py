@@ -40,8 +40,9 @@ HEADLINE = [
      lambda h: f"the hybrid within 1 point of it in {h['within_1pt']:.0%} of cases, {-h['mean_gap']:.1f} points "
                "above it on average"),
     ("Snapshot size against f16, and mean KL (noise floor: flash attention on or off)", "quality",
-     lambda h: f"int8 {h['int8_ratio']:.2f}x smaller, KL {h['int8_kl']:.4f}; int4-rot {h['int4-rot_ratio']:.2f}x, "
-               f"KL {h['int4-rot_kl']:.4f} (floor {h['noise_floor_kl']:.4f})"),
+     lambda h: f"int8 {h['int8_ratio']:.2f}x smaller, KL {h['int8_kl']:.4f}; adaptive {h['adaptive_ratio']:.2f}x, "
+               f"KL {h['adaptive_kl']:.4f}, top-1 agreement {h['adaptive_top1']:.3f} "
+               f"(floor {h['noise_floor_kl']:.4f})"),
 ]
 
 
