@@ -160,7 +160,7 @@ def plot(data: dict, folder) -> list[str]:
             if r["layout"] in ("blocked", "-", "raw"):
                 ax.annotate(r["codec"], (r["ratio"], r["kl_mean"]), fontsize=7, xytext=(4, 2),
                             textcoords="offset points")
-    front = frontier(data["rows"])
+    front = [r for r in frontier(data["rows"]) if r["kl_mean"] > 0]  # f16's 0 has no place on a log scale
     ax.plot([r["ratio"] for r in front], [r["kl_mean"] for r in front], "k--", lw=0.8, label="frontier")
     ax.legend(fontsize=8)
     ax.set_yscale("log")
