@@ -128,7 +128,7 @@ def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symm
     if e % group or e % 8:
         raise ValueError(f"{e} channels are not a multiple of the group {group} and of 8")
     n8 = -(-n // 8) * 8
-    codes_t = np.zeros((e, n8), np.int8)
+    codes_t = _scratch(e, n8)  # columns past n are never read: transpose_bytes reads n rows
     scale, zero = np.empty((n, e // group), np.uint16), np.empty((n, e // group), np.uint16)
     if n and e:
         _quantize_channel_major(x_t, group, qmax(bits, symmetric), symmetric, codes_t, scale, zero)

@@ -176,16 +176,54 @@ def _quantize_channel_major(src_t, group, qmax, symmetric, q_t, scale, zero):
 
 @inline
 def _quantize_group(src, base, size, qmax, symmetric, lo_code, q, scale, zero, g):
-    mn = load(src[base])
-    mx = mn
-    for j in range(1, size):
-        v = load(src[base + j])
-        mn = min(mn, v)
-        mx = max(mx, v)
+    mn, mx = group_range(src, base, size, symmetric)
     s, z, scale[g], zero[g] = _params(mn, mx, qmax, symmetric)
     inv = _inverse(s)
     for j in range(size):
         q[base + j] = _code(load(src[base + j]), inv, z, lo_code, qmax)
+
+
+def group_range(src, base, size, symmetric):
+    """(min, max) of src[base:base + size] as float32; when symmetric, (0, largest magnitude)."""
+
+
+@overload(group_range, inline="always")
+def _group_range_impl(src, base, size, symmetric):
+    if src.dtype == types.uint16:
+        # Half bits compared as integers: magnitudes are the low 15 bits, and flipping bits maps
+        # signed halves onto unsigned keys in the same order. Integer min and max loops
+        # vectorize; float ones do not without fastmath, which stays off (K's encode, profiled:
+        # the per-group float reduction was most of it).
+        def impl(src, base, size, symmetric):
+            if symmetric:
+                top = np.uint32(0)
+                for j in range(size):
+                    top = max(top, np.uint32(src[base + j]) & np.uint32(0x7FFF))
+                return np.float32(0.0), half_to_float(np.uint16(top))
+            lo, hi = np.uint32(0xFFFF), np.uint32(0)
+            for j in range(size):
+                b = np.uint32(src[base + j])
+                key = b ^ ((b >> np.uint32(15)) * np.uint32(0x7FFF)) ^ np.uint32(0x8000)
+                lo = min(lo, key)
+                hi = max(hi, key)
+            return half_to_float(_key_to_half(lo)), half_to_float(_key_to_half(hi))
+        return impl
+
+    def impl_float(src, base, size, symmetric):
+        mn = load(src[base])
+        mx = mn
+        for j in range(1, size):
+            v = load(src[base + j])
+            mn = min(mn, v)
+            mx = max(mx, v)
+        return mn, mx
+    return impl_float
+
+
+@inline
+def _key_to_half(key):
+    """The half bits of an order key (see group_range)."""
+    return np.uint16(key ^ np.uint32(0x8000) ^ ((np.uint32(1) - (key >> np.uint32(15))) * np.uint32(0x7FFF)))
 
 
 @parallel_kernel
