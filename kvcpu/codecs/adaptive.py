@@ -3,7 +3,8 @@
 With a target ratio and no list of options (the default), every tensor is encoded with ecq
 and one scale of ecq's steps is fitted so that the snapshot just fits the ratio. Scaling all
 steps together, which keeps the error of every tensor in the same proportion to its spread,
-gave a lower KL than choosing per tensor by reconstruction error (docs/design.md, "Quality").
+gave a lower KL than choosing per tensor by reconstruction error (docs/design.md, "ecq and
+adaptive").
 
 With a list of options, or a target error, the choice is per layer and per K/V. Every tensor
 is encoded with every option below and decoded again; its error is the relative
@@ -90,10 +91,13 @@ class AdaptiveCodec(TensorCodec):
         unknown = [o for o in options if o not in OPTIONS]
         if unknown or "f16" not in options:
             raise CodecError(f"options must include 'f16' and come from {sorted(OPTIONS)}; unknown: {unknown}")
-        self._p = {"target_ratio": target_ratio, "target_error": target_error, "options": options}
+        self._p = {"target_ratio": target_ratio, "target_error": target_error,
+                   "options": None if self._uniform else options}
+        self._options = options
         self._chosen: list = []
         self._rotation = 0  # channels per rotation, from the model's heads (0: the options' default)
         self._head_dim = 0
+        self._start = 0.0  # log2 of the ecq scale a fit starts from: the first fit's, when a second one runs
 
     def fit_geometry(self, head_dim: int) -> None:
         self._rotation = kernels.rotation_size(head_dim) if head_dim else 0
@@ -106,7 +110,7 @@ class AdaptiveCodec(TensorCodec):
             cell_bytes = sum(12 * s.n_cells for b in state.blocks for s in b.streams if s is not None)
             f16 = sum(2 * t.n_cells * t.n_embd for *_, t in state.tensors())
             self._budget = f16 / self._p["target_ratio"] - cell_bytes - 16384
-        self._start = 0.0
+        self._start = 0.0  # the same state always gets the same encoding
         packed = super().encode(state, layout, block_tokens)
         if self._uniform and packed.ratio() > 1.02 * self._p["target_ratio"]:
             # The header took less than the room kept for it (a small state): spend the rest.
@@ -128,7 +132,7 @@ class AdaptiveCodec(TensorCodec):
             weight = _channel_weights(x, spec, kind)
             energy = max(float(np.sum(weight * x * x)), 1e-30)
             rows = []
-            for opt in self._p["options"]:
+            for opt in self._options:
                 name, params = OPTIONS[opt]
                 if self._rotation and name.endswith("-rot"):
                     params = {**params, "head_dim": self._rotation}

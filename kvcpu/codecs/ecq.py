@@ -5,11 +5,12 @@ spends as many bits on a common small value as on a rare large one. ecq instead 
 as a fraction of the data's spread, lets codes run as wide as they need (int8, never
 clipped), and entropy-codes them, so that rare large codes cost bits only where they occur.
 At the same rate this is a finer step, and so a smaller error, than 4-bit groups with their
-scales (docs/design.md, "Quality").
+scales (docs/design.md, "ecq and adaptive").
 
 - K (whose outlier channels are fixed across tokens): per channel, the mean over the tokens
   is subtracted, the step is step_k times the head's RMS deviation (the same for the head's
-  channels), and the codes are coded as differences along tokens.
+  channels), and the codes are coded as differences along tokens, which the low-frequency
+  (RoPE) channels keep small.
 - V: per token and head, the step is step_v times the values' RMS, stored as a log-scale byte.
 - The first `sinks` tokens, which every later token attends to, are kept exactly.
 - Codes are entropy-coded with zstd, set to find no matches (its Huffman stage alone, within
@@ -42,7 +43,7 @@ class EntropyCodedCodec(TensorCodec):
 
     name = "ecq"
     # Tuned on three windows of another text (the GPL's, not the quality suite's): the lowest KL
-    # at 4x among K/V splits of the bits (docs/design.md, "Quality").
+    # at 4x among K/V splits of the bits (docs/design.md, "ecq and adaptive").
     STEP_K, STEP_V = 0.16, 0.45
 
     def __init__(self, step_k: float = STEP_K, step_v: float = STEP_V, sinks: int = 4, head_dim: int | None = None):
@@ -70,19 +71,16 @@ class EntropyCodedCodec(TensorCodec):
         s = min(self._p["sinks"], n)
         body = m[s:]
         x = kernels.half_bits_to_float32(body) if body.dtype == np.uint16 else body
-        offset = np.zeros(e, np.float32)
-        if kind == "k" and len(x):
-            offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
         if kind == "k":
+            offset = x.mean(axis=0, dtype=np.float64).astype(np.float32) if len(x) else np.zeros(e, np.float32)
             row, col = np.ones((n - s, 1), np.float32), _channel_steps(x - offset, self._p["step_k"], self._head(e))
             arrays = {"offset": (offset, 0), "col": (col, 0)}
+            codes = kernels.token_deltas(kernels.quantize_stepped(body, offset, row, col))
         else:
             row_bytes = _token_step_bytes(x, self._p["step_v"], self._head(e))
-            row, col = _steps_of_bytes(row_bytes), np.ones(e, np.float32)
             arrays = {"row": (row_bytes, 0)}
-        codes = kernels.quantize_stepped(body, offset, row, col)
-        if kind == "k":
-            codes = kernels.token_deltas(codes)  # keys change slowly along tokens in low-frequency (RoPE) channels
+            codes = kernels.quantize_stepped(body, np.zeros(e, np.float32), _steps_of_bytes(row_bytes),
+                                             np.ones(e, np.float32))
         blob = zstandard.ZstdCompressor(compression_params=_ZSTD_PARAMS).compress(codes.tobytes())
         arrays["sink"] = (np.ascontiguousarray(m[:s]), 0)
         arrays["z"] = (np.frombuffer(blob, np.uint8), 0)
