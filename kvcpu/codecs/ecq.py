@@ -42,7 +42,7 @@ class EntropyCodedCodec(TensorCodec):
     """Uniform codes at a step relative to the data's spread, entropy-coded; sinks kept exact."""
 
     name = "ecq"
-    # Tuned on three windows of another text (the GPL's, not the quality suite's): the lowest KL
+    # Tuned by bench/tune_ecq.py on three windows of another text (the GPL), not the quality suite's: the lowest KL
     # at 4x among K/V splits of the bits (docs/design.md, "ecq and adaptive").
     STEP_K, STEP_V = 0.16, 0.45
 
