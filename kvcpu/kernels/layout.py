@@ -66,24 +66,26 @@ def _transpose_bytes(src, n_src_rows, dst):
     # line) in one go rather than one word at a time.
     blocks = np.empty((8, 8, words), np.uint64)
     n_full = n_src_rows // 8
-    for ib0 in range(0, n_full - n_full % 8, 8):
-        for b in range(8):
-            _transpose_full_row(src, (ib0 + b) * 8, words, blocks[b])
-        for jb in range(words):
-            for k in range(8):
-                out = dst[jb * 8 + k, ib0 : ib0 + 8]
-                for b in range(8):
-                    out[b] = blocks[b, k, jb]
-    block = blocks[0]
-    for ib in range(n_full - n_full % 8, n_blocks):
-        i0 = ib * 8
-        if i0 + 8 <= n_src_rows:
-            _transpose_full_row(src, i0, words, block)
-            for jb in range(words):
-                for k in range(8):
-                    dst[jb * 8 + k, ib] = block[k, jb]
-        else:
-            _transpose_edge(src, n_src_rows, dst, ib)
+    bulk = n_full - n_full % 8
+    for ib0 in range(0, bulk, 8):
+        _transpose_row_blocks(src, ib0, 8, words, blocks, dst)  # a constant count: LLVM unrolls it
+    if bulk < n_full:
+        _transpose_row_blocks(src, bulk, n_full - bulk, words, blocks, dst)
+    for ib in range(n_full, n_blocks):  # a last block of fewer than eight rows, or past them all
+        _transpose_edge(src, n_src_rows, dst, ib)
+
+
+@inline
+def _transpose_row_blocks(src, ib0, count, words, blocks, dst):
+    """Blocks ib0 .. ib0 + count - 1 (count <= 8) of whole rows, each output row's words for
+    them written together."""
+    for b in range(count):
+        _transpose_full_row(src, (ib0 + b) * 8, words, blocks[b])
+    for jb in range(words):
+        for k in range(8):
+            out = dst[jb * 8 + k, ib0 : ib0 + count]
+            for b in range(count):
+                out[b] = blocks[b, k, jb]
 
 
 @inline
