@@ -86,21 +86,23 @@ class AdaptiveCodec(TensorCodec):
             raise CodecError("adaptive takes a target_ratio or a target_error, not both and not neither")
         if target_ratio is not None and target_ratio < 1:
             raise CodecError(f"target_ratio must be >= 1, not {target_ratio}")
-        self._uniform = options is None and target_error is None
+        uniform = options is None and target_error is None
         options = list(options or OPTIONS)
         unknown = [o for o in options if o not in OPTIONS]
         if unknown or "f16" not in options:
             raise CodecError(f"options must include 'f16' and come from {sorted(OPTIONS)}; unknown: {unknown}")
         self._p = {"target_ratio": target_ratio, "target_error": target_error,
-                   "options": None if self._uniform else options}
-        self._options = options
+                   "options": None if uniform else options}
         self._chosen: list = []
-        self._rotation = 0  # channels per rotation, from the model's heads (0: the options' default)
-        self._head_dim = 0
+        self._head_dim = 0  # the model's head size, for the options that work per head
         self._start = 0.0  # log2 of the ecq scale a fit starts from: the first fit's, when a second one runs
 
+    @property
+    def _uniform(self) -> bool:
+        """Whether every tensor goes into ecq at one fitted scale (no options were chosen among)."""
+        return self._p["options"] is None
+
     def fit_geometry(self, head_dim: int) -> None:
-        self._rotation = kernels.rotation_size(head_dim) if head_dim else 0
         self._head_dim = head_dim
 
     def encode(self, state: KVState, layout: str = "blocked", block_tokens: int = 16) -> CompressedKV:
@@ -132,18 +134,13 @@ class AdaptiveCodec(TensorCodec):
             weight = _channel_weights(x, spec, kind)
             energy = max(float(np.sum(weight * x * x)), 1e-30)
             rows = []
-            for opt in self._options:
-                name, params = OPTIONS[opt]
-                if self._rotation and name.endswith("-rot"):
-                    params = {**params, "head_dim": self._rotation}
-                c = _option_codec(name, params)
-                arrays, info = c.encode_tensor(m, kind, spec)
+            for opt in self._p["options"]:
+                c, size, (arrays, info) = self._encode_option(opt, *OPTIONS[opt], m, kind, spec)
                 shape = m.shape[::-1] if spec.channel_major else m.shape
                 back = c.decode_tensor({k: a for k, (a, _) in arrays.items()}, kind, spec, shape, m.dtype, info)
                 y = kernels.half_bits_to_float32(back) if back.dtype == np.uint16 else back
                 err = float(np.sum(weight * (y.astype(np.float64) - x) ** 2)) / energy
-                size = sum(a.nbytes for a, _ in arrays.values())
-                rows.append((size, err, opt, (arrays, {**info, "option": opt, "codec": name, "params": params})))
+                rows.append((size, err, opt, (arrays, info)))
             table.append(rows)
         picks = self._pick_by_error(table) if self._budget is None else self._pick_by_budget(table)
         self._chosen = [table[i][j][3] for i, j in enumerate(picks)]
@@ -170,15 +167,17 @@ class AdaptiveCodec(TensorCodec):
 
     def _ecq_at(self, scale: float, matrices, spec: LayoutSpec) -> tuple[int, list]:
         params = {"step_k": round(_ECQ_STEPS[0] * scale, 6), "step_v": round(_ECQ_STEPS[1] * scale, 6)}
-        if self._head_dim:
-            params["head_dim"] = self._head_dim
-        c = _option_codec("ecq", params)
-        chosen, size = [], 0
-        for m, kind in matrices:
-            arrays, info = c.encode_tensor(m, kind, spec)
-            size += sum(a.nbytes for a, _ in arrays.values())
-            chosen.append((arrays, {**info, "option": "ecq", "codec": "ecq", "params": c.params}))
-        return size, chosen
+        encoded = [self._encode_option("ecq", "ecq", params, m, kind, spec)[1:] for m, kind in matrices]
+        return sum(size for size, _ in encoded), [e for _, e in encoded]
+
+    def _encode_option(self, option: str, name: str, params: dict, m, kind: str, spec: LayoutSpec):
+        """(codec, bytes, (arrays, info)) of one tensor in one option, its codec fitted to the
+        model's heads; info records the codec's full parameters, for the decode."""
+        c = _option_codec(name, params)
+        c.fit_geometry(self._head_dim)
+        arrays, info = c.encode_tensor(m, kind, spec)
+        size = sum(a.nbytes for a, _ in arrays.values())
+        return c, size, (arrays, {**info, "option": option, "codec": name, "params": c.params})
 
     def _pick_by_error(self, table) -> list[int]:
         target = self._p["target_error"]
