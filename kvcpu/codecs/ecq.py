@@ -54,11 +54,7 @@ class EntropyCodedCodec(TensorCodec):
             raise CodecError(f"sinks must be >= 0 and head_dim >= 1, not {sinks} and {head_dim}")
         self._p = {"step_k": float(step_k), "step_v": float(step_v), "sinks": int(sinks),
                    "head_dim": int(head_dim or 64)}
-        self._head_given = head_dim is not None
-
-    def fit_geometry(self, head_dim: int) -> None:
-        if head_dim and not self._head_given:
-            self._p["head_dim"] = int(head_dim)
+        self._head_dim_given = head_dim is not None
 
     def _head(self, e: int) -> int:
         head = self._p["head_dim"]

@@ -38,14 +38,9 @@ class SVDCodec(TensorCodec):
             raise CodecError(f"energy must be in (0, 1], not {energy}")
         if factors not in FACTOR_TYPES:
             raise CodecError(f"factors must be one of {FACTOR_TYPES}, not {factors!r}")
-        self._given_head_dim = head_dim is not None
+        self._head_dim_given = head_dim is not None  # else one SVD per head of the model's own size
         self._p = {"energy": energy, "ratio": ratio, "rank": rank, "factors": factors,
                    "head_dim": 64 if head_dim is None else head_dim}
-
-    def fit_geometry(self, head_dim: int) -> None:
-        """One SVD per head of the model's own size (64 unless the state says)."""
-        if head_dim and not self._given_head_dim:
-            self._p["head_dim"] = head_dim
 
     def _rank(self, s: np.ndarray, n: int, d: int) -> int:
         p = self._p

@@ -47,9 +47,15 @@ class TensorCodec(Codec):
         stores it, before any transpose), when the codec can take it so; None when it cannot."""
         return None
 
+    # Set by a codec whose `head_dim` parameter defaults to the model's head size: True when
+    # the caller gave one, which the model's then does not replace.
+    _head_dim_given: bool | None = None
+
     def fit_geometry(self, head_dim: int) -> None:
         """Called by encode with the model's head size (0 when the state does not say): a codec
         that works per head takes it, unless its parameters set a size of their own."""
+        if head_dim and self._head_dim_given is False:
+            self._p["head_dim"] = int(head_dim)
 
     def plan(self, matrices: list[tuple[np.ndarray, str]], spec: LayoutSpec) -> None:
         """Called once with every (matrix, kind) before encode_tensor: a codec that decides
