@@ -131,13 +131,19 @@ def test_lossy_codecs_refuse_llama_cpp_quantized_caches(real_state_bytes):
     assert codec("f16").encode(state).decode().to_bytes() == real_state_bytes["q8_0"][0]
 
 
-def test_lossy_codecs_refuse_inf_and_nan(real_state_bytes):
-    for bad in (np.inf, np.nan):
-        state = KVState.from_bytes(bytearray(real_state_bytes["flash"][0]))
-        state.blocks[0].streams[0].v[7].data[3, 5] = bad
+@pytest.mark.parametrize("scene,kind", [("flash", "v"), ("default", "v"), ("default", "k")])
+def test_lossy_codecs_refuse_inf_and_nan(real_state_bytes, scene, kind):
+    """In a K, a token-major V (flash attention) and a V stored transposed: int8's kernels find
+    them while quantizing, the other codecs by a scan first; every layout."""
+    for bad in (np.inf, -np.inf, np.nan):
+        state = KVState.from_bytes(bytearray(real_state_bytes[scene][0]))
+        getattr(state.blocks[0].streams[0], kind)[7].data.view(np.float16)[3, 5] = bad
         for name in LOSSY:
-            with pytest.raises(CodecError, match="inf or NaN"):
+            with pytest.raises(CodecError, match="holds 1 inf or NaN"):
                 codec(name).encode(state)
+        for layout in ("columnar", "interleaved"):
+            with pytest.raises(CodecError, match="holds 1 inf or NaN"):
+                codec("int8").encode(state, layout=layout)
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,31 @@ def test_quantizing_a_channel_major_matrix_equals_quantizing_its_transpose(x, gr
         np.testing.assert_array_equal(K.half_bits_to_float32(got.zero), K.half_bits_to_float32(want.zero))
 
 
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False)])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, -np.nan])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_quantizers_report_inf_and_nan_where_they_look(bad, bits, symmetric, dtype):
+    """The flat and channel-major kernels find inf and NaN as they quantize (the encode skips a
+    scan of its own), wherever the value sits in its group; finite inputs report finite."""
+    rng = np.random.default_rng(5)
+    for row, col in [(0, 0), (3, 31), (6, 40), (6, 63)]:
+        x = rng.standard_normal((7, 64)).astype(np.float32)
+        assert K.quantize(_as(x, dtype), bits=bits, group=32, symmetric=symmetric).finite is True
+        assert K.quantize_transposed(_as(x.T, dtype), bits=bits, group=32, symmetric=symmetric).finite is True
+        x[row, col] = bad
+        assert K.quantize(_as(x, dtype), bits=bits, group=32, symmetric=symmetric).finite is False
+        assert K.quantize_transposed(_as(x.T, dtype), bits=bits, group=32, symmetric=symmetric).finite is False
+    # Kernels that do not look say so, rather than "finite".
+    assert K.quantize(_as(x, dtype), bits=bits, group=32, axis="channel", symmetric=symmetric).finite is None
+    assert K.quantize(np.zeros((0, 64), dtype), group=32).finite is True
+
+
+def _as(x: np.ndarray, dtype) -> np.ndarray:
+    """float32 values as the given input type (half bits, or float32 itself)."""
+    x = np.ascontiguousarray(x)
+    return x.astype(np.float16).view(np.uint16) if dtype == np.uint16 else x
+
+
 def test_quantize_transposed_refuses_channels_off_the_group():
     with pytest.raises(ValueError, match="multiple of the group"):
         K.quantize_transposed(np.zeros((20, 5), np.uint16), group=8)

@@ -7,7 +7,7 @@ import numpy as np
 from .. import kernels
 from ..errors import CodecError
 from ..layout import LayoutSpec
-from .tensorwise import TensorCodec
+from .tensorwise import TensorCodec, refuse_nonfinite
 
 _OTHER_AXIS = {"token": "channel", "channel": "token"}
 
@@ -40,6 +40,16 @@ class GroupQuantCodec(TensorCodec):
 
     bits = 8  # 8, 4 or 2
 
+    @property
+    def checks_finite(self) -> bool:
+        """Per-token groups without rotation: the kernels report inf and NaN as they quantize."""
+        return not self._p["rotate"] and self._p["axis_k"] == self._p["axis_v"] == "token"
+
+    @property
+    def splits_tensors(self) -> bool:
+        """int8 codes in per-token groups: serial kernels only (packing narrower codes is parallel)."""
+        return self.checks_finite and self.bits == 8
+
     def fit_geometry(self, head_dim: int) -> None:
         """Rotate within the model's heads: 64 channels crossed the head boundaries of a head of
         96 and were refused for a head of 80 (the architecture matrix, tests/test_arch.py)."""
@@ -62,7 +72,7 @@ class GroupQuantCodec(TensorCodec):
             axis = "token"
         qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
                               head_dim=int(self._p["head_dim"]) if rotate else 0)
-        return self._arrays(qz, axis, group, spec), {}
+        return self._arrays(self._checked(qz, m), axis, group, spec), {}
 
     def _arrays(self, qz, axis: str, group: int, spec: LayoutSpec) -> dict:
         codes = kernels.pack_codes(qz.q, self.bits, self._offset) if self.bits < 8 else qz.q
@@ -81,7 +91,14 @@ class GroupQuantCodec(TensorCodec):
         if spec.channel_major or axis != "token" or self._p["rotate"] or e % group or e % 8:
             return None
         qz = kernels.quantize_transposed(m, bits=self.bits, group=group, symmetric=self._p["symmetric"])
-        return self._arrays(qz, axis, group, spec), {}
+        return self._arrays(self._checked(qz, m), axis, group, spec), {}
+
+    def _checked(self, qz: kernels.Quantized, m: np.ndarray) -> kernels.Quantized:
+        """qz, once m is known to hold no inf or NaN where this codec promised to check (from the
+        kernel, or by a scan where it did not look)."""
+        if self.checks_finite and qz.finite is not True:
+            refuse_nonfinite(m)
+        return qz
 
     @property
     def _offset(self) -> int:

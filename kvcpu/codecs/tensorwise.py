@@ -7,6 +7,8 @@ hands the arrays to the layout.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .. import kernels
@@ -14,6 +16,7 @@ from ..errors import CodecError
 from ..ggml_types import BY_ID, BY_NAME
 from ..layout import LayoutSpec, pack, unpack
 from ..state import CacheBlock, CellStream, KVState, Tensor
+from ..workers import run_jobs
 from .base import Codec, CompressedKV, f16_kv_bytes
 
 F16, F32, BF16 = BY_NAME["f16"].id, BY_NAME["f32"].id, BY_NAME["bf16"].id
@@ -47,6 +50,14 @@ class TensorCodec(Codec):
         stores it, before any transpose), when the codec can take it so; None when it cannot."""
         return None
 
+    # True for a codec whose encode refuses inf and NaN itself (its kernels find them while they
+    # quantize): the state is then not scanned for them first, a tenth of an int8 encode.
+    checks_finite = False
+
+    # True for a codec whose per-tensor encode and decode run only serial kernels and share no
+    # mutable state: its tensors are then shared between two threads (kvcpu.workers).
+    splits_tensors = False
+
     # Set by a codec whose `head_dim` parameter defaults to the model's head size: True when
     # the caller gave one, which the model's then does not replace.
     _head_dim_given: bool | None = None
@@ -76,7 +87,7 @@ class TensorCodec(Codec):
                 for k, v in zip(s.k, s.v):
                     tensors += [(k, "k"), (v, "v")]
         encoded = self._encode_tensors(tensors, spec)
-        payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens)
+        payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens, self.splits_tensors)
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
         meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "head_dim": state.head_dim,
                 "geometry": _geometry(state), "blocks": skeleton,
@@ -88,17 +99,19 @@ class TensorCodec(Codec):
     def _encode_tensors(self, tensors: list, spec: LayoutSpec) -> list[tuple[dict, dict]]:
         """Each (Tensor, kind) encoded: those stored in the other orientation first without a
         transpose where the codec can (encode_tensor_flipped), the rest transposed to fit."""
+        check = not self.checks_finite
+        flipped = [i for i, (t, _) in enumerate(tensors) if t.transposed != spec.channel_major]
         encoded: list = [None] * len(tensors)
-        rest = []
-        for i, (t, kind) in enumerate(tensors):
-            if t.transposed != spec.channel_major:
-                encoded[i] = self.encode_tensor_flipped(_values(t), kind, spec)
-            if encoded[i] is None:
-                rest.append(i)
-        matrices = [(_matrix(tensors[i][0], spec), tensors[i][1]) for i in rest]
+        done = run_jobs([partial(self.encode_tensor_flipped, _values(tensors[i][0], check), tensors[i][1], spec)
+                         for i in flipped], self.splits_tensors)
+        for i, result in zip(flipped, done):
+            encoded[i] = result
+        rest = [i for i in range(len(tensors)) if encoded[i] is None]
+        matrices = [(_matrix(tensors[i][0], spec, check), tensors[i][1]) for i in rest]
         self.plan(matrices, spec)
-        for i, (m, kind) in zip(rest, matrices):
-            encoded[i] = self.encode_tensor(m, kind, spec)
+        done = run_jobs([partial(self.encode_tensor, m, kind, spec) for m, kind in matrices], self.splits_tensors)
+        for i, result in zip(rest, done):
+            encoded[i] = result
         return encoded
 
     # -- decode -----------------------------------------------------------------------
@@ -142,8 +155,8 @@ class TensorCodec(Codec):
         if len(dest) != len(order):
             raise CodecError(f"{len(dest)} tensors to decode into, for {len(order)} in the payload")
         arrays = unpack(spec, packed.sections[1], meta["index"], len(order), n_tokens)
-        for ti, ((kind, s), t) in enumerate(zip(order, dest)):
-            self._decode_into(arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
+        run_jobs([partial(self._decode_into, arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
+                  for ti, ((kind, s), t) in enumerate(zip(order, dest))], self.splits_tensors)
 
     def decode_tensor_into(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
                            info: dict, out: np.ndarray, transposed: bool) -> bool:
@@ -188,16 +201,17 @@ def _geometry(state: KVState) -> list[dict | None]:
     return out
 
 
-def _matrix(t: Tensor, spec: LayoutSpec) -> np.ndarray:
+def _matrix(t: Tensor, spec: LayoutSpec, check: bool = True) -> np.ndarray:
     """The tensor as uint16 half bits (f16) or float32, token- or channel-major as the layout wants."""
-    data = _values(t)
+    data = _values(t, check)
     if t.transposed == spec.channel_major:
         return data
     return kernels.transpose(data)
 
 
-def _values(t: Tensor) -> np.ndarray:
-    """The tensor's data, as it is stored, as uint16 half bits (f16) or float32; inf and NaN refused."""
+def _values(t: Tensor, check: bool = True) -> np.ndarray:
+    """The tensor's data, as it is stored, as uint16 half bits (f16) or float32; with check,
+    inf and NaN refused."""
     if t.ggml_type not in (F16, F32, BF16):
         raise CodecError(
             f"KV type {BY_ID[t.ggml_type].name} is llama.cpp's own quantized cache; encode it with "
@@ -205,13 +219,18 @@ def _values(t: Tensor) -> np.ndarray:
         )
     if t.ggml_type == F16:
         data = t.data.view(np.uint16)
-        bad = kernels.count_nonfinite_half(data)
     else:
         data = t.data if t.ggml_type == F32 else (t.data.astype(np.uint32) << 16).view(np.float32)
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if check:
+        refuse_nonfinite(data)
+    return data
+
+
+def refuse_nonfinite(m: np.ndarray) -> None:
+    """CodecError when m (uint16 half bits or float32, any shape) holds inf or NaN."""
+    bad = kernels.count_nonfinite_half(m) if m.dtype == np.uint16 else int(m.size - np.count_nonzero(np.isfinite(m)))
     if bad:
         raise CodecError(f"the state holds {bad} inf or NaN values; a lossy codec cannot encode them")
-    return data
 
 
 def _float_to_bf16(m: np.ndarray) -> np.ndarray:

@@ -47,6 +47,8 @@ class Quantized:
 
     q: (n, e) int8 codes. scale, zero: uint16 half bits, (n, ceil(e/group)) for axis
     'token' or (ceil(n/group), e) for axis 'channel'; zero is None when symmetric.
+    finite: whether every input value was finite, where the kernel found out while quantizing
+    (per-token groups without rotation); None where it did not look.
     """
 
     q: np.ndarray
@@ -56,6 +58,7 @@ class Quantized:
     group: int
     axis: str
     head_dim: int = 0
+    finite: bool | None = None
 
     @property
     def qmax(self) -> int:
@@ -90,7 +93,8 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     """x: (n, e) uint16 half bits or float32 -> group-wise integer codes.
 
     head_dim > 0 rotates each head of head_dim channels first (axis 'token' only).
-    Non-finite inputs are the caller's to refuse: count_nonfinite_half finds them.
+    Non-finite inputs are the caller's to refuse: the result's `finite` says whether there were
+    any where it is not None, and count_nonfinite_half counts them.
     """
     x = _matrix(x)
     _check_codes(bits, group, symmetric)
@@ -99,13 +103,15 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     n, e = x.shape
     q = np.empty((n, e), dtype=np.int8)
     top = qmax(bits, symmetric)
+    finite = None
     if axis == "token":
         if head_dim:
             check_head_dim(e, head_dim)
         shape = (n, -(-e // group))
         scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
-        if n and e and not head_dim and e % group == 0:
-            _quantize_flat(x.reshape(-1), group, top, symmetric, q.reshape(-1), scale.reshape(-1), zero.reshape(-1))
+        if not head_dim and e % group == 0:
+            finite = not (n and e and _quantize_flat(x.reshape(-1), group, top, symmetric, q.reshape(-1),
+                                                     scale.reshape(-1), zero.reshape(-1)))
         elif n and e:
             _quantize_rows(x, group, top, symmetric, head_dim, q, scale, zero)
     else:
@@ -115,7 +121,7 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
         scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
         if n and e:
             _quantize_cols(x, group, top, symmetric, q, scale, zero)
-    return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim)
+    return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim, finite)
 
 
 def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symmetric: bool = True) -> Quantized:
@@ -130,10 +136,10 @@ def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symm
     n8 = -(-n // 8) * 8
     codes_t = _scratch(e, n8)  # columns past n are never read: transpose_bytes reads n rows
     scale, zero = np.empty((n, e // group), np.uint16), np.empty((n, e // group), np.uint16)
-    if n and e:
-        _quantize_channel_major(x_t, group, qmax(bits, symmetric), symmetric, codes_t, scale, zero)
+    finite = not (n and e and _quantize_channel_major(x_t, group, qmax(bits, symmetric), symmetric, codes_t,
+                                                      scale, zero))
     q = transpose_bytes(codes_t)[:n] if n else np.empty((0, e), np.int8)
-    return Quantized(q, scale, None if symmetric else zero, bits, group, "token")
+    return Quantized(q, scale, None if symmetric else zero, bits, group, "token", finite=finite)
 
 
 def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,

@@ -1,0 +1,50 @@
+"""The two-thread job runner that int8's encode, decode and packing share."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvcpu import workers
+
+
+def test_results_come_back_in_order_from_both_threads():
+    seen = set()
+
+    def job(i):
+        seen.add(threading.get_ident())
+        time.sleep(0.002)  # long enough that the helper takes some jobs
+        return i * i
+
+    jobs = [lambda i=i: job(i) for i in range(40)]
+    assert workers.run_jobs(jobs) == [i * i for i in range(40)]
+    assert len(seen) == (2 if workers.WORKERS == 2 else 1)
+    seen.clear()
+    assert workers.run_jobs(jobs, split=False) == [i * i for i in range(40)]
+    assert seen == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_few_jobs(n):
+    assert workers.run_jobs([lambda i=i: i for i in range(n)]) == list(range(n))
+
+
+@pytest.mark.parametrize("bad", [0, 7, 39])
+def test_an_error_in_either_thread_is_raised_and_stops_the_rest(bad):
+    ran = []
+
+    def job(i):
+        time.sleep(0.001)
+        if i == bad:
+            raise ValueError(f"job {i}")
+        ran.append(i)
+
+    with pytest.raises(ValueError, match=f"job {bad}"):
+        workers.run_jobs([lambda i=i: job(i) for i in range(40)])
+    assert bad not in ran
+    if bad < 30:
+        assert len(ran) < 39  # the jobs after the failure were not all run
+    # The runner is usable afterwards: the helper did not stay stuck on the failed call.
+    assert workers.run_jobs([lambda: 1, lambda: 2]) == [1, 2]
