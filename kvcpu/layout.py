@@ -82,19 +82,44 @@ def pack(spec: LayoutSpec, tensors: list[dict], n_tokens: int, split: bool = Fal
     entries = _entries(tensors)
     if spec.name == "interleaved":
         return _pack_interleaved(spec, entries, n_tokens)
+    payload, index = _allocate(spec, [(ti, name, arr.dtype, arr.shape, per_row) for ti, name, arr, per_row in entries])
+    run_jobs([partial(_copy_into, payload, item[5][0][0], arr) for (_, _, arr, _), item in zip(entries, index)], split)
+    return payload, index
+
+
+def reserve(spec: LayoutSpec, tensors: list[dict]) -> tuple[np.ndarray, list, list[dict]] | None:
+    """pack's payload and index laid out before the arrays exist, for a codec that writes them in
+    place (saving pack's copy): tensors per tensor {name: (dtype, shape, tokens_per_row)} ->
+    (payload, index, per tensor {name: view of its place}). Every view must then be written
+    whole. None for interleaved, whose arrays are cut into blocks."""
+    if spec.name == "interleaved":
+        return None
+    entries = [(ti, name, np.dtype(dtype), tuple(shape), per_row)
+               for ti, arrays in enumerate(tensors) for name, (dtype, shape, per_row) in arrays.items()]
+    payload, index = _allocate(spec, entries)
+    views: list[dict] = [{} for _ in tensors]
+    for (ti, name, dtype, shape, _), item in zip(entries, index):
+        start, size = item[5][0]
+        views[ti][name] = payload[start : start + size].view(dtype).reshape(shape)
+    return payload, index, views
+
+
+def _allocate(spec: LayoutSpec, entries: list) -> tuple[np.ndarray, list]:
+    """The payload for entries (tensor, name, dtype, shape, tokens_per_row), its padding zeroed
+    and the rest left for the arrays, and its index."""
     align = spec.name != "blocked"
     index, offset = [], 0
-    for ti, name, arr, per_row in entries:
+    for ti, name, dtype, shape, per_row in entries:
         offset += _pad(offset) if align else 0
-        index.append([ti, name, arr.dtype.str, list(arr.shape), per_row, [[offset, arr.nbytes]]])
-        offset += arr.nbytes
+        nbytes = math.prod(shape) * dtype.itemsize
+        index.append([ti, name, dtype.str, list(shape), per_row, [[offset, nbytes]]])
+        offset += nbytes
     # Uninitialised, then only the padding zeroed: np.zeros cost a third of the packing (fresh
     # pages zeroed, then written again).
     payload = np.empty(offset, dtype=np.uint8)
     starts = [item[5][0][0] for item in index] + [offset]
-    for (_, _, arr, _), start, following in zip(entries, starts, starts[1:]):
-        payload[start + arr.nbytes : following] = 0
-    run_jobs([partial(_copy_into, payload, start, arr) for (_, _, arr, _), start in zip(entries, starts)], split)
+    for item, following in zip(index, starts[1:]):
+        payload[item[5][0][0] + item[5][0][1] : following] = 0
     return payload, index
 
 

@@ -14,7 +14,7 @@ from synth import random_stream, write_state
 
 from kvcpu import CompressedKV, KVState, codec
 from kvcpu.codecs.tensorwise import _float_to_bf16
-from kvcpu.layout import LAYOUTS, LayoutSpec, pack, unpack
+from kvcpu.layout import LAYOUTS, LayoutSpec, pack, reserve, unpack
 
 # Relative RMS error of the decoded values, about 3x the worst each codec measures on these
 # states: int8 0.0057, int4 0.082, int4-rot 0.10, ecq 0.13, svd 0.10. adaptive, held to 4x on
@@ -80,6 +80,18 @@ def test_a_prefix_decodes_to_the_head_of_every_shape(kind):
 
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_int8_written_in_place_equals_int8_packed(kind, layout, monkeypatch):
+    """int8's codes and scales written straight into the payload (tensor_arrays) make the
+    bytes that encoding them apart and packing them made."""
+    state = scene(kind)
+    in_place = codec("int8").encode(state, layout=layout)
+    monkeypatch.setattr(type(codec("int8")), "tensor_arrays", lambda *args: None)
+    packed = codec("int8").encode(state, layout=layout)
+    assert in_place.to_bytes() == packed.to_bytes()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data(), st.sampled_from(LAYOUTS), st.integers(1, 40), st.sampled_from([4, 16]))
 def test_pack_then_unpack_gives_every_array_back(data, layout, n_tokens, block):
@@ -94,7 +106,16 @@ def test_pack_then_unpack_gives_every_array_back(data, layout, n_tokens, block):
             dtype = data.draw(st.sampled_from(["<u2", "<f4", "u1"]))
             arrays_in[f"a{i}"] = (data.draw(hnp.arrays(dtype, (rows, data.draw(st.integers(1, 7))))), per_row)
         tensors_in.append(arrays_in)
-    payload, index = pack(spec, tensors_in, n_tokens)
+    payload, index = pack(spec, tensors_in, n_tokens, split=data.draw(st.booleans()))
+    reserved = reserve(spec, [{name: (arr.dtype, arr.shape, per_row) for name, (arr, per_row) in arrays.items()}
+                              for arrays in tensors_in])
+    if reserved is None:
+        assert layout == "interleaved"
+    else:  # the same payload, written in place
+        for views, arrays in zip(reserved[2], tensors_in, strict=True):
+            for name, (arr, _) in arrays.items():
+                views[name][...] = arr
+        assert reserved[1] == index and reserved[0].tobytes() == payload.tobytes()
     out = unpack(spec, payload, index, len(tensors_in))
     for got, want in zip(out, tensors_in, strict=True):
         for name, (arr, _) in want.items():

@@ -242,6 +242,48 @@ def _as(x: np.ndarray, dtype) -> np.ndarray:
     return x.astype(np.float16).view(np.uint16) if dtype == np.uint16 else x
 
 
+@SETTINGS
+@given(x=half_matrices(max_side=70), offset=st.integers(0, 7))
+def test_quantizers_write_into_unaligned_views(x, offset):
+    """Codes and scales written into views of a byte buffer at any offset (an encode's places in
+    its payload) equal the arrays the kernels allocate, on both paths."""
+    x = x[:, : x.shape[1] // 32 * 32] if x.shape[1] >= 32 else np.zeros((x.shape[0], 32), np.uint16)
+    n, e = x.shape
+    for quantize, arg in ((K.quantize, x), (K.quantize_transposed, np.ascontiguousarray(x.T))):
+        want = quantize(arg, group=32)
+        buf = np.full(offset + n * e + 2 * n * (e // 32) + 5, 0xAB, np.uint8)
+        q = buf[offset : offset + n * e].view(np.int8).reshape(n, e)
+        scale = buf[offset + n * e : offset + n * e + 2 * n * (e // 32)].view(np.uint16).reshape(n, e // 32)
+        got = quantize(arg, group=32, out=(q, scale, None))
+        assert got.q is q and got.scale is scale
+        np.testing.assert_array_equal(q, want.q)
+        np.testing.assert_array_equal(scale, want.scale)
+        assert (buf[:offset] == 0xAB).all() and (buf[offset + n * e + 2 * n * (e // 32) :] == 0xAB).all()
+
+
+def test_quantize_refuses_out_arrays_of_the_wrong_shape():
+    x = np.zeros((5, 64), np.uint16)
+    for bad in [(np.empty((5, 63), np.int8), np.empty((5, 2), np.uint16), None),
+                (np.empty((5, 64), np.uint8), np.empty((5, 2), np.uint16), None),
+                (np.empty((5, 64), np.int8), np.empty((5, 3), np.uint16), None),
+                (np.empty((5, 64), np.int8), np.empty((5, 2), np.uint16)[::-1], None)]:
+        for quantize, arg in ((K.quantize, x), (K.quantize_transposed, np.ascontiguousarray(x.T))):
+            with pytest.raises(ValueError, match="out arrays"):
+                quantize(arg, group=32, out=bad)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 23, 24])
+def test_transpose_bytes_into_fewer_rows(rows):
+    """The transpose's first rows only: nothing past them is written."""
+    x = np.random.default_rng(rows).integers(-128, 128, (24, 40)).astype(np.int8)
+    out = np.full((rows + 1, 24), 7, np.int8)
+    K.transpose_bytes(x, out=out[:rows])
+    np.testing.assert_array_equal(out[:rows], x.T[:rows])
+    assert (out[rows] == 7).all()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.transpose_bytes(x, out=np.empty((41, 24), np.int8))
+
+
 def test_quantize_transposed_refuses_channels_off_the_group():
     with pytest.raises(ValueError, match="multiple of the group"):
         K.quantize_transposed(np.zeros((20, 5), np.uint16), group=8)

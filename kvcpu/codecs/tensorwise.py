@@ -14,7 +14,7 @@ import numpy as np
 from .. import kernels
 from ..errors import CodecError
 from ..ggml_types import BY_ID, BY_NAME
-from ..layout import LayoutSpec, pack, unpack
+from ..layout import LayoutSpec, pack, reserve, unpack
 from ..state import CacheBlock, CellStream, KVState, Tensor
 from ..workers import run_jobs
 from .base import Codec, CompressedKV, f16_kv_bytes
@@ -48,6 +48,13 @@ class TensorCodec(Codec):
     def encode_tensor_flipped(self, m: np.ndarray, kind: str, spec: LayoutSpec) -> tuple[dict, dict] | None:
         """encode_tensor's result from the matrix in the other orientation (a V cache as llama.cpp
         stores it, before any transpose), when the codec can take it so; None when it cannot."""
+        return None
+
+    def tensor_arrays(self, t: Tensor, kind: str, spec: LayoutSpec) -> dict | None:
+        """{name: (dtype, shape, tokens_per_row)} of the arrays encode_tensor will return for t,
+        when known before encoding: encode then reserves their places in the payload and passes
+        encode_tensor (and encode_tensor_flipped) `out`, those places as {name: array}, to write
+        whole instead of returning new arrays (saving the payload's copy). None when not known."""
         return None
 
     # True for a codec whose encode refuses inf and NaN itself (its kernels find them while they
@@ -86,8 +93,13 @@ class TensorCodec(Codec):
                 cells.append(_cell_arrays(s))
                 for k, v in zip(s.k, s.v):
                     tensors += [(k, "k"), (v, "v")]
-        encoded = self._encode_tensors(tensors, spec)
-        payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens, self.splits_tensors)
+        planned = [self.tensor_arrays(t, kind, spec) for t, kind in tensors]
+        reserved = None if None in planned else reserve(spec, planned)
+        encoded = self._encode_tensors(tensors, spec, None if reserved is None else reserved[2])
+        if reserved is None:
+            payload, index = pack(spec, [arrays for arrays, _ in encoded], state.n_tokens, self.splits_tensors)
+        else:  # the arrays were written in their places
+            payload, index, _ = reserved
         cell_payload, cell_index = pack(LayoutSpec("aligned"), cells, state.n_tokens)
         meta = {"seq_id": state.seq_id, "cell_ext_bytes": state.cell_ext_bytes, "head_dim": state.head_dim,
                 "geometry": _geometry(state), "blocks": skeleton,
@@ -96,20 +108,26 @@ class TensorCodec(Codec):
         return CompressedKV(self.name, self.params, layout, meta, [cell_payload, payload], state.tokens,
                             state.n_tokens, f16_kv_bytes(state))
 
-    def _encode_tensors(self, tensors: list, spec: LayoutSpec) -> list[tuple[dict, dict]]:
+    def _encode_tensors(self, tensors: list, spec: LayoutSpec, outs: list[dict] | None) -> list[tuple[dict, dict]]:
         """Each (Tensor, kind) encoded: those stored in the other orientation first without a
-        transpose where the codec can (encode_tensor_flipped), the rest transposed to fit."""
+        transpose where the codec can (encode_tensor_flipped), the rest transposed to fit; into
+        outs (per tensor, tensor_arrays' views) when given."""
         check = not self.checks_finite
+
+        def into(i: int) -> dict:
+            return {} if outs is None else {"out": outs[i]}
+
         flipped = [i for i, (t, _) in enumerate(tensors) if t.transposed != spec.channel_major]
         encoded: list = [None] * len(tensors)
-        done = run_jobs([partial(self.encode_tensor_flipped, _values(tensors[i][0], check), tensors[i][1], spec)
-                         for i in flipped], self.splits_tensors)
+        done = run_jobs([partial(self.encode_tensor_flipped, _values(tensors[i][0], check), tensors[i][1], spec,
+                                 **into(i)) for i in flipped], self.splits_tensors)
         for i, result in zip(flipped, done):
             encoded[i] = result
         rest = [i for i in range(len(tensors)) if encoded[i] is None]
         matrices = [(_matrix(tensors[i][0], spec, check), tensors[i][1]) for i in rest]
         self.plan(matrices, spec)
-        done = run_jobs([partial(self.encode_tensor, m, kind, spec) for m, kind in matrices], self.splits_tensors)
+        done = run_jobs([partial(self.encode_tensor, m, kind, spec, **into(i)) for i, (m, kind) in zip(rest, matrices)],
+                        self.splits_tensors)
         for i, result in zip(rest, done):
             encoded[i] = result
         return encoded

@@ -89,10 +89,11 @@ def _check_codes(bits: int, group: int, symmetric: bool) -> None:
 
 
 def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "token",
-             symmetric: bool = True, head_dim: int = 0) -> Quantized:
+             symmetric: bool = True, head_dim: int = 0, out: tuple | None = None) -> Quantized:
     """x: (n, e) uint16 half bits or float32 -> group-wise integer codes.
 
-    head_dim > 0 rotates each head of head_dim channels first (axis 'token' only).
+    head_dim > 0 rotates each head of head_dim channels first (axis 'token' only). out, when
+    given, is (q, scale, zero) to write into (see _outputs; zero None when symmetric).
     Non-finite inputs are the caller's to refuse: the result's `finite` says whether there were
     any where it is not None, and count_nonfinite_half counts them.
     """
@@ -101,14 +102,12 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
     n, e = x.shape
-    q = np.empty((n, e), dtype=np.int8)
     top = qmax(bits, symmetric)
     finite = None
     if axis == "token":
         if head_dim:
             check_head_dim(e, head_dim)
-        shape = (n, -(-e // group))
-        scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
+        q, scale, zero = _outputs(out, (n, e), (n, -(-e // group)), symmetric)
         if not head_dim and e % group == 0:
             finite = not (n and e and _quantize_flat(x.reshape(-1), group, top, symmetric, q.reshape(-1),
                                                      scale.reshape(-1), zero.reshape(-1)))
@@ -117,29 +116,47 @@ def quantize(x: np.ndarray, *, bits: int = 8, group: int = 32, axis: str = "toke
     else:
         if head_dim:
             raise ValueError("rotation applies to per-token groups (axis 'token') only")
-        shape = (-(-n // group), e)
-        scale, zero = np.empty(shape, np.uint16), np.empty(shape, np.uint16)
+        q, scale, zero = _outputs(out, (n, e), (-(-n // group), e), symmetric)
         if n and e:
             _quantize_cols(x, group, top, symmetric, q, scale, zero)
     return Quantized(q, scale, None if symmetric else zero, bits, group, axis, head_dim, finite)
 
 
-def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symmetric: bool = True) -> Quantized:
+def quantize_transposed(x_t: np.ndarray, *, bits: int = 8, group: int = 32, symmetric: bool = True,
+                        out: tuple | None = None) -> Quantized:
     """quantize(x_t.T, axis='token') for x_t: (e, n) uint16 half bits or float32, channel-major
     (a V cache as llama.cpp stores it), with e a multiple of group and of 8, without transposing
-    the values: they are quantized along tokens, and only the int8 codes are transposed."""
+    the values: they are quantized along tokens, and only the int8 codes are transposed. out as
+    quantize's."""
     x_t = _matrix(x_t)
     _check_codes(bits, group, symmetric)
     e, n = x_t.shape
     if e % group or e % 8:
         raise ValueError(f"{e} channels are not a multiple of the group {group} and of 8")
-    n8 = -(-n // 8) * 8
-    codes_t = _scratch(e, n8)  # columns past n are never read: transpose_bytes reads n rows
-    scale, zero = np.empty((n, e // group), np.uint16), np.empty((n, e // group), np.uint16)
+    q, scale, zero = _outputs(out, (n, e), (n, e // group), symmetric)
+    codes_t = _scratch(e, -(-n // 8) * 8)  # columns past n are never read: only n rows are written
     finite = not (n and e and _quantize_channel_major(x_t, group, qmax(bits, symmetric), symmetric, codes_t,
                                                       scale, zero))
-    q = transpose_bytes(codes_t)[:n] if n else np.empty((0, e), np.int8)
+    if n:
+        transpose_bytes(codes_t, out=q.view(np.uint8))
     return Quantized(q, scale, None if symmetric else zero, bits, group, "token", finite=finite)
+
+
+def _outputs(out: tuple | None, q_shape: tuple, scale_shape: tuple, symmetric: bool) -> tuple:
+    """(q, scale, zero): new arrays, or the caller's `out` checked. q: int8 q_shape; scale and
+    zero: uint16 scale_shape, all C-contiguous and writeable (not necessarily aligned: views of a
+    payload where they will be stored). zero is None in out when symmetric (a work array then)."""
+    if out is None:
+        return np.empty(q_shape, np.int8), np.empty(scale_shape, np.uint16), np.empty(scale_shape, np.uint16)
+    q, scale, zero = out
+    want = [(q, np.int8, q_shape), (scale, np.uint16, scale_shape)]
+    if not symmetric:
+        want.append((zero, np.uint16, scale_shape))
+    for a, dtype, shape in want:
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"out arrays must be writeable C-contiguous {shape} {np.dtype(dtype)}, "
+                             f"not {a.shape} {a.dtype}")
+    return q, scale, np.empty(scale_shape, np.uint16) if symmetric else zero
 
 
 def dequantize(qz: Quantized, out_dtype=np.uint16, n_rows: int | None = None,
