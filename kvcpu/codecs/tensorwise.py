@@ -117,6 +117,9 @@ class TensorCodec(Codec):
         def into(i: int) -> dict:
             return {} if outs is None else {"out": outs[i]}
 
+        if type(self).plan is TensorCodec.plan:  # nothing to decide across tensors: one round of jobs
+            return run_jobs([partial(self._encode_one, t, kind, spec, check, into(i))
+                             for i, (t, kind) in enumerate(tensors)], self.splits_tensors)
         flipped = [i for i, (t, _) in enumerate(tensors) if t.transposed != spec.channel_major]
         encoded: list = [None] * len(tensors)
         done = run_jobs([partial(self.encode_tensor_flipped, _values(tensors[i][0], check), tensors[i][1], spec,
@@ -131,6 +134,16 @@ class TensorCodec(Codec):
         for i, result in zip(rest, done):
             encoded[i] = result
         return encoded
+
+    def _encode_one(self, t: Tensor, kind: str, spec: LayoutSpec, check: bool, into: dict) -> tuple[dict, dict]:
+        """One tensor, as _encode_tensors does it for a codec that does not plan: flipped where it
+        can be, else transposed to fit. One round of jobs for K and V together kept both threads
+        busy to the end (two rounds, each with its wait for the slower thread, took longer)."""
+        if t.transposed != spec.channel_major:
+            encoded = self.encode_tensor_flipped(_values(t, check), kind, spec, **into)
+            if encoded is not None:
+                return encoded
+        return self.encode_tensor(_matrix(t, spec, check), kind, spec, **into)
 
     # -- decode -----------------------------------------------------------------------
 
