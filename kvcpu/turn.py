@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # SmolLM2's rate on 2 cores (docs/design.md); only the ratio between entries matters.
 PREFILL_TOKENS_PER_S = 180.0
 MAX_PENDING_STORES = 2  # turns' states waiting for the background store, at most
+HOLD_S = 5.0  # how long a store waits, at most, for the turns prefilling (BackgroundStore.held)
 # The store's thread yields the cores to llama.cpp's (the next request's prefill): it runs this much
 # nicer where the OS allows a thread its own (Linux), and catches up when they are idle; the serve
 # suite's warm time to first token is what it is for.
@@ -111,6 +112,9 @@ class BackgroundStore:
                                             initializer=_lower_priority)
         self._pending: list[tuple[np.ndarray, Future]] = []
         self._lock = threading.Lock()
+        # Turns restoring and prefilling now (held), and callers waiting for stores (waiters).
+        self._gate = threading.Condition()
+        self._holds = self._waiters = 0
 
     def submit(self, state, label: str, owner=None, meta: dict | None = None,
                replaces: list[int] | None = None) -> None:
@@ -122,7 +126,8 @@ class BackgroundStore:
             live = self._live()
             oldest = live[0][1] if len(live) >= MAX_PENDING_STORES else None
         if oldest is not None:
-            _result_of(oldest)
+            with self._waiting():
+                _result_of(oldest)
         future = self._executor.submit(self._store, state, label, owner, meta or {}, replaces)
         with self._lock:
             self._pending.append((state.tokens, future))
@@ -144,21 +149,50 @@ class BackgroundStore:
         if not needed:
             return 0.0  # other conversations' states: this turn goes on while they are stored
         t0 = time.perf_counter()
-        _result_of(needed[-1])  # the jobs run in order: the last one needed means all before it
+        with self._waiting():
+            _result_of(needed[-1])  # the jobs run in order: the last one needed means all before it
         return (time.perf_counter() - t0) * 1e3
 
     def flush(self) -> None:
         """Wait until every submitted state is in the store."""
         with self._lock:
             pending, self._pending = self._pending, []
-        for _, future in pending:
-            _result_of(future)
+        with self._waiting():
+            for _, future in pending:
+                _result_of(future)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """While a turn restores and prefills (llama.cpp on every core), stores not yet begun
+        wait, for HOLD_S at most: they run during its generation instead, which leaves a core
+        free. A store some caller waits for is not held."""
+        with self._gate:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._holds -= 1
+                self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        with self._gate:
+            self._waiters += 1
+            self._gate.notify_all()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._waiters -= 1
 
     def close(self) -> None:
         self.flush()
         self._executor.shutdown(wait=True)
 
     def _store(self, state, label: str, owner, meta: dict, replaces) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: not self._holds or self._waiters, timeout=HOLD_S)
         t0 = time.perf_counter()
         kernels.use_threads(1)  # leave the other core to llama.cpp, which may be prefilling
         try:
@@ -239,13 +273,14 @@ class Turn:
     def _run(self) -> Iterator[str]:
         runner, eng = self.runner, self.runner.engine
         t0 = time.perf_counter()
-        restored, restore = runner.restore(self.prompt)
-        shifted = runner.make_room(self.prompt, restored, self.max_tokens)
-        prompt = eng.tokens + self.prompt[restored:] if shifted else self.prompt
-        base = eng.n_past
-        t1 = time.perf_counter()
-        eng.eval(prompt[base:])
-        prefill_ms = (time.perf_counter() - t1) * 1e3
+        with runner.saver.held():  # the previous turn's state is stored during this one's generation
+            restored, restore = runner.restore(self.prompt)
+            shifted = runner.make_room(self.prompt, restored, self.max_tokens)
+            prompt = eng.tokens + self.prompt[restored:] if shifted else self.prompt
+            base = eng.n_past
+            t1 = time.perf_counter()
+            eng.eval(prompt[base:])
+            prefill_ms = (time.perf_counter() - t1) * 1e3
         scanner, generated, pending, ttft_ms, t2 = StopScanner(self.stop), [], b"", 0.0, time.perf_counter()
         try:
             for token in eng.generate(self.max_tokens, self.sampling):
@@ -277,8 +312,10 @@ class Turn:
                 decode_tps=len(generated) / decode_s if decode_s > 0 else 0.0, context_shifted=shifted,
                 save_ms=save_ms, **restore)
             runner.last_turn = self.stats
-            log.info("turn %s: restored %d tokens in %.1f ms, prefilled %d in %.0f ms, generated %d", self.label,
-                     restored, restore["restore_ms"], len(prompt) - base, prefill_ms, len(generated))
+            log.info("turn %s: restored %d tokens in %.1f ms (waited %.1f, read %.1f, decode %.1f, set_state %.1f), "
+                     "prefilled %d in %.0f ms, generated %d", self.label, restored, restore["restore_ms"],
+                     restore["waited_ms"], restore.get("restore_read_ms", 0.0), restore.get("restore_decode_ms", 0.0),
+                     restore.get("restore_set_ms", 0.0), len(prompt) - base, prefill_ms, len(generated))
 
     def _save(self) -> float:
         """Bring the engine to the conversation's tokens (the caller's `finish` says which:

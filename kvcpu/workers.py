@@ -22,17 +22,27 @@ T = TypeVar("T")
 # Two at most: the work is memory-bound, and a third thread on a 2-core box only queues.
 WORKERS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 def _helpers() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            # Two helpers: the background store's encode and a restore's decode may overlap.
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvcpu-tensors")
-        return _pool
+    """Helpers at the calling thread's own priority: the background store's thread runs niced
+    (turn.STORE_NICE), so that llama.cpp's prefill goes first, and its helper must too."""
+    nice = _own_nice()
+    with _pools_lock:
+        pool = _pools.get(nice)
+        if pool is None:
+            # Threads start from the thread that submits, and inherit its priority.
+            pool = _pools[nice] = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"kvcpu-tensors-nice{nice}")
+        return pool
+
+
+def _own_nice() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (AttributeError, OSError):  # no per-thread priority here: one pool
+        return 0
 
 
 def run_jobs(jobs: Sequence[Callable[[], T]], split: bool = True) -> list[T]:
@@ -59,7 +69,8 @@ def run_jobs(jobs: Sequence[Callable[[], T]], split: bool = True) -> list[T]:
     try:
         drain()
     finally:
-        error = helper.exception()  # waits for the helper in every case
+        # A helper busy elsewhere that never started is not waited for; one that did start is.
+        error = None if helper.cancel() else helper.exception()
     if error is not None:
         raise error
     return results

@@ -43,7 +43,7 @@ def test_transcript_two_conversations_and_a_second_process(model_path, tmp_path)
                       "--max-tokens", str(MAX), "--once", "And your favourite colour?")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip()
-    logged = re.search(r"turn a: restored (\d+) tokens in [\d.]+ ms, prefilled (\d+)", again.stderr)
+    logged = re.search(r"turn a: restored (\d+) tokens in [\d.]+ ms \(.*?\), prefilled (\d+)", again.stderr)
     assert int(logged.group(1)) > restored and int(logged.group(2)) < 30  # nothing stored was prefilled again
 
 

@@ -7,10 +7,13 @@ import os
 import sys
 import threading
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from synth import random_stream, write_state
 
+from kvcpu import KVState, turn
 from kvcpu.store import KVStore
 from kvcpu.turn import STORE_NICE, BackgroundStore, StopScanner
 
@@ -25,6 +28,35 @@ def test_the_store_thread_runs_at_a_lower_priority():
         saver.close()
     assert nice == min(19, base + STORE_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # this thread kept its own
+
+
+def _state(seed: int) -> KVState:
+    state = KVState.from_bytes(write_state(0, [[random_stream(np.random.default_rng(seed), 20, 2, 64)]]))
+    state.tokens = np.arange(seed, seed + 20, dtype=np.int32)
+    return state
+
+
+def test_stores_wait_while_a_turn_prefills_unless_someone_waits_for_them(monkeypatch):
+    """A turn restoring and prefilling holds the stores not yet begun (llama.cpp has every core);
+    a turn that needs one of them, or a flush, lets it through at once."""
+    monkeypatch.setattr(turn, "HOLD_S", 120.0)  # longer than any test: a hold that is not let go shows
+    fp = "f" * 32
+    saver = BackgroundStore(KVStore(1 << 30), "f16", fp)
+    try:
+        with saver.held():
+            saver.submit(_state(0), "a")
+            threading.Event().wait(0.3)  # time enough to store a 20-token state, were it not held
+            assert saver.store.longest_prefix(list(range(21)), fp) is None
+            waiter = threading.Thread(target=saver.wait_for, args=(list(range(21)), 0))
+            waiter.start()
+            waiter.join(timeout=60)  # not a speed limit: held, it would wait 120 s
+            assert not waiter.is_alive()
+            assert saver.store.longest_prefix(list(range(21)), fp).n_tokens == 20
+            saver.submit(_state(100), "b")
+        saver.flush()  # the hold let go: stored
+        assert saver.store.longest_prefix(list(range(100, 121)), fp).n_tokens == 20
+    finally:
+        saver.close()
 
 
 @given(st.lists(st.text(max_size=6), max_size=12), st.lists(st.text(min_size=1, max_size=4), max_size=3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -48,3 +49,44 @@ def test_an_error_in_either_thread_is_raised_and_stops_the_rest(bad):
         assert len(ran) < 39  # the jobs after the failure were not all run
     # The runner is usable afterwards: the helper did not stay stuck on the failed call.
     assert workers.run_jobs([lambda: 1, lambda: 2]) == [1, 2]
+
+
+def test_helpers_run_at_the_callers_priority():
+    """The background store's thread is niced; its helper must be too, or half its encode
+    would compete with llama.cpp's prefill at full priority."""
+    if workers.WORKERS < 2 or not hasattr(os, "getpriority"):
+        pytest.skip("one core, or no per-thread priority")
+    seen = {}
+
+    def job():
+        time.sleep(0.002)
+        seen[threading.get_ident()] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def niced():
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 7)
+        workers.run_jobs([job] * 20)
+
+    thread = threading.Thread(target=niced)
+    thread.start()
+    thread.join()
+    assert len(seen) == 2 and set(seen.values()) == {7}
+    seen.clear()
+    workers.run_jobs([job] * 20)
+    assert len(seen) == 2 and set(seen.values()) == {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+
+def test_a_busy_helper_is_not_waited_for():
+    """When both helpers of this priority are busy with other callers' jobs, the caller does its
+    jobs alone and returns without waiting for them."""
+    release = threading.Event()
+    blockers = [workers._helpers().submit(release.wait) for _ in range(2)]
+    got = []
+    try:
+        caller = threading.Thread(target=lambda: got.append(workers.run_jobs([lambda i=i: i for i in range(10)])))
+        caller.start()
+        caller.join(timeout=60)  # not a speed limit: waiting for the held helpers would never end
+        assert got == [list(range(10))]
+    finally:
+        release.set()
+        for b in blockers:
+            b.result()
