@@ -75,10 +75,12 @@ class Snapshot:
         return container.pack(SNAPSHOT_MAGIC, self.header(), self.packed.frame_sections())
 
     @classmethod
-    def from_bytes(cls, buf, expect_fingerprint: str | None = None) -> Snapshot:
-        """Parse and verify; a defect or another model's fingerprint raises a kvcpu error."""
+    def from_bytes(cls, buf, expect_fingerprint: str | None = None, verify: bool = True) -> Snapshot:
+        """Parse and verify; a defect or another model's fingerprint raises a kvcpu error.
+        verify=False skips the checksum (not the structure's checks), for bytes this process
+        made or verified already: the store's RAM tier."""
         what = "snapshot"
-        header, sections = container.unpack(buf, SNAPSHOT_MAGIC, what)
+        header, sections = container.unpack(buf, SNAPSHOT_MAGIC, what, verify)
         f = container.field
         parser = f(header, "state_parser", int, what)
         if parser != PARSER_VERSION:

@@ -19,6 +19,7 @@ from kvcpu.errors import (
     SnapshotTruncatedError,
     SnapshotVersionError,
 )
+from kvcpu.store import KVStore
 
 CONTINUATION = " He wound the clockwork forty turns and wrote the wind in his logbook."
 
@@ -115,6 +116,36 @@ def test_each_defect_has_its_own_error(snap_bytes):
         Snapshot.from_bytes(bytes(corrupt))
     with pytest.raises(SnapshotTruncatedError):
         Snapshot.from_bytes(snap_bytes[:-1])
+
+
+def test_unverified_reads_skip_only_the_checksum(snap_bytes):
+    """The store's RAM tier reads bytes it made or verified already without hashing them again;
+    every structural check still holds."""
+    corrupt = bytearray(snap_bytes)
+    corrupt[-100] ^= 1
+    assert Snapshot.from_bytes(bytes(corrupt), verify=False).to_bytes() != snap_bytes
+    assert Snapshot.from_bytes(snap_bytes, verify=False).to_bytes() == snap_bytes
+    with pytest.raises(SnapshotTruncatedError):
+        Snapshot.from_bytes(snap_bytes[:-1], verify=False)
+    with pytest.raises(NotASnapshotError):
+        Snapshot.from_bytes(b"GGUF" + snap_bytes[4:], verify=False)
+    with pytest.raises(SnapshotHeaderError, match="after its declared end"):
+        Snapshot.from_bytes(snap_bytes + b"x", verify=False)
+
+
+def test_the_disk_tier_still_verifies_what_it_reads(snap_bytes, tmp_path):
+    """A file corrupted on disk is quarantined on read, never restored (RAM skips the hash only
+    for bytes that came in verified)."""
+    store = KVStore(1 << 30, disk_dir=tmp_path)
+    snap = Snapshot.from_bytes(snap_bytes)
+    key = store.put(snap)
+    path = store.disk.path(key)
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 1
+    path.write_bytes(bytes(blob))
+    fresh = KVStore(1 << 30, disk_dir=tmp_path)  # nothing in its RAM: the read goes to disk
+    with pytest.raises(KVCPUError, match="could not be read back"):
+        fresh.get(key)
 
 
 def test_another_models_snapshot_never_reaches_llama_cpp(make_engine, text, tmp_path):
