@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from synth import random_stream, write_state
 
-from kvcpu import CompressedKV, KVState, codec
+from kvcpu import CompressedKV, KVState, codec, workers
 from kvcpu.codecs.tensorwise import _float_to_bf16
 from kvcpu.layout import LAYOUTS, LayoutSpec, pack, reserve, unpack
 
@@ -90,6 +90,19 @@ def test_int8_written_in_place_equals_int8_packed(kind, layout, monkeypatch):
     monkeypatch.setattr(type(codec("int8")), "tensor_arrays", lambda *args: None)
     packed = codec("int8").encode(state, layout=layout)
     assert in_place.to_bytes() == packed.to_bytes()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["int8", "ecq"])
+def test_two_threads_make_the_same_bytes_as_one(name, kind, monkeypatch):
+    """Codecs whose tensors are shared between two threads (kvcpu.workers) encode and decode
+    exactly as on one."""
+    state = scene(kind)
+    split = codec(name).encode(state)
+    split_decoded = split.decode().to_bytes()
+    monkeypatch.setattr(workers, "WORKERS", 1)
+    assert codec(name).encode(state).to_bytes() == split.to_bytes()
+    assert split.decode().to_bytes() == split_decoded
 
 
 @settings(max_examples=60, deadline=None)
