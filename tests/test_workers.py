@@ -90,3 +90,23 @@ def test_a_busy_helper_is_not_waited_for():
         release.set()
         for b in blockers:
             b.result()
+
+
+def test_codecs_split_only_where_two_threads_may_launch_parallel_kernels(monkeypatch):
+    """Numba's workqueue layer (no OpenMP, no TBB) aborts on concurrent parallel launches: there,
+    int8 and ecq keep to one thread."""
+    import numba
+
+    from kvcpu import codec, kernels
+
+    kernels.concurrent_launches_safe.cache_clear()
+    try:
+        monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+        assert not kernels.concurrent_launches_safe()
+        assert not codec("int8").splits_tensors and not codec("ecq").splits_tensors
+        kernels.concurrent_launches_safe.cache_clear()
+        monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+        assert codec("int8").splits_tensors and codec("ecq").splits_tensors
+        assert not codec("int4").splits_tensors  # stays on one thread: it packs its codes in parallel
+    finally:
+        kernels.concurrent_launches_safe.cache_clear()

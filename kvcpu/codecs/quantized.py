@@ -47,8 +47,9 @@ class GroupQuantCodec(TensorCodec):
 
     @property
     def splits_tensors(self) -> bool:
-        """int8 codes in per-token groups: serial kernels only (packing narrower codes is parallel)."""
-        return self.checks_finite and self.bits == 8
+        """int8 codes in per-token groups: serial kernels (packing narrower codes is parallel), but
+        for shapes off the group, which fall back to parallel ones."""
+        return self.checks_finite and self.bits == 8 and kernels.concurrent_launches_safe()
 
     def fit_geometry(self, head_dim: int) -> None:
         """Rotate within the model's heads: 64 channels crossed the head boundaries of a head of

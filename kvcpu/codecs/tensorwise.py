@@ -61,8 +61,9 @@ class TensorCodec(Codec):
     # quantize): the state is then not scanned for them first, a tenth of an int8 encode.
     checks_finite = False
 
-    # True for a codec whose per-tensor encode and decode run only serial kernels and share no
-    # mutable state: its tensors are then shared between two threads (kvcpu.workers).
+    # True for a codec whose per-tensor encode and decode share no mutable state, and whose
+    # kernels two threads may run at once (kernels.concurrent_launches_safe, where any are
+    # parallel): its tensors are then shared between two threads (kvcpu.workers).
     splits_tensors = False
 
     # Set by a codec whose `head_dim` parameter defaults to the model's head size: True when

@@ -6,6 +6,7 @@ functions here check shapes and dtypes, allocate, and call them. Nothing here kn
 
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from .stepped import _dequantize_stepped, _dequantize_stepped_half, _quantize_st
 AXES = ("token", "channel")  # groups along channels within a token, or along tokens within a channel
 
 __all__ = [
-    "AXES", "Quantized", "cosine_to_previous", "count_nonfinite_half", "dequantize", "float32_to_half_bits",
+    "AXES", "Quantized", "concurrent_launches_safe", "cosine_to_previous", "count_nonfinite_half",
+    "dequantize", "float32_to_half_bits",
     "half_bits_to_float32", "mean_of_runs", "hadamard_rows", "pack_codes", "pack_nibbles", "packed_width", "quantize",
     "quantize_transposed", "quantize_stepped", "dequantize_stepped", "token_deltas", "undo_token_deltas",
     "rotation_size",
@@ -223,6 +225,15 @@ def _scratch(rows: int, cols: int) -> np.ndarray:
     if buf is None or buf.size < rows * cols:
         buf = _SCRATCH.buf = np.empty(max(rows * cols, 1 << 16), np.int8)
     return buf[: rows * cols].reshape(rows, cols)
+
+
+@functools.cache
+def concurrent_launches_safe() -> bool:
+    """Whether two threads may run parallel kernels at the same time: Numba's OpenMP and TBB
+    threading layers allow it; its fallback, workqueue (where neither is installed), aborts the
+    process instead. Codecs share a state's tensors between two threads only when it is True."""
+    count_nonfinite_half(np.zeros(1, np.uint16))  # Numba picks its layer at the first parallel launch
+    return numba.threading_layer() in ("omp", "tbb")
 
 
 def use_threads(n: int) -> None:
