@@ -14,7 +14,7 @@ import platform
 import numpy as np
 from llvmlite import binding, ir
 from numba import prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._flags import inline, parallel_kernel
 
@@ -162,15 +162,27 @@ def _float_to_half(src, dst):
             dst[i, j] = float_to_half(src[i, j])
 
 
+def nonfinite(v):
+    """1 (as uint32) when the stored element (half bits, or a float) is inf or NaN, else 0."""
+
+
+@overload(nonfinite, inline="always")
+def _nonfinite_impl(v):
+    if v == types.uint16:  # the exponent all ones
+        return lambda v: np.uint32((v & np.uint16(0x7C00)) == np.uint16(0x7C00))
+    if isinstance(v, types.Float):
+        return lambda v: np.uint32(not np.isfinite(v))
+    return None
+
+
 @parallel_kernel
 def _count_nonfinite(src):
-    """src: (n, m) uint16 bits; how many are inf or NaN (exponent all ones)."""
+    """src: (n, m) uint16 bits; how many are inf or NaN."""
     total = 0
     for i in prange(src.shape[0]):
         row = 0
         for j in range(src.shape[1]):
-            if (src[i, j] & np.uint16(0x7C00)) == np.uint16(0x7C00):
-                row += 1
+            row += nonfinite(src[i, j])
         total += row
     return total
 

@@ -15,7 +15,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from ._flags import inline, parallel_kernel, serial_kernel
-from .f16 import float_to_half, half_to_float
+from .f16 import float_to_half, half_to_float, nonfinite
 from .hadamard import LANES, fwht_tile
 
 
@@ -212,19 +212,6 @@ def _quantize_channel_major(src_t, group, qmax, symmetric, q_t, scale, zero):
 def _group_codes(src, base, size, inv, z, lo_code, qmax, q):
     for j in range(size):
         q[base + j] = _code(load(src[base + j]), inv, z, lo_code, qmax)
-
-
-def nonfinite(v):
-    """1 (as uint32) when the stored element is inf or NaN, else 0."""
-
-
-@overload(nonfinite, inline="always")
-def _nonfinite_impl(v):
-    if v == types.uint16:
-        return lambda v: np.uint32((v & np.uint16(0x7C00)) == np.uint16(0x7C00))
-    if isinstance(v, types.Float):
-        return lambda v: np.uint32(not np.isfinite(v))
-    return None
 
 
 def group_range(src, base, size, symmetric):
