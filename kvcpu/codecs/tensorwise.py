@@ -121,14 +121,15 @@ class TensorCodec(Codec):
         if type(self).plan is TensorCodec.plan:  # nothing to decide across tensors: one round of jobs
             return run_jobs([partial(self._encode_one, t, kind, spec, check, into(i))
                              for i, (t, kind) in enumerate(tensors)], self.splits_tensors)
+        values = [_values(t, check) for t, _ in tensors]
         flipped = [i for i, (t, _) in enumerate(tensors) if t.transposed != spec.channel_major]
         encoded: list = [None] * len(tensors)
-        done = run_jobs([partial(self.encode_tensor_flipped, _values(tensors[i][0], check), tensors[i][1], spec,
-                                 **into(i)) for i in flipped], self.splits_tensors)
+        done = run_jobs([partial(self.encode_tensor_flipped, values[i], tensors[i][1], spec, **into(i))
+                         for i in flipped], self.splits_tensors)
         for i, result in zip(flipped, done):
             encoded[i] = result
         rest = [i for i in range(len(tensors)) if encoded[i] is None]
-        matrices = [(_matrix(tensors[i][0], spec, check), tensors[i][1]) for i in rest]
+        matrices = [(_oriented(values[i], tensors[i][0], spec), tensors[i][1]) for i in rest]
         self.plan(matrices, spec)
         done = run_jobs([partial(self.encode_tensor, m, kind, spec, **into(i)) for i, (m, kind) in zip(rest, matrices)],
                         self.splits_tensors)
@@ -140,11 +141,12 @@ class TensorCodec(Codec):
         """One tensor, as _encode_tensors does it for a codec that does not plan: flipped where it
         can be, else transposed to fit. One round of jobs for K and V together kept both threads
         busy to the end (two rounds, each with its wait for the slower thread, took longer)."""
+        values = _values(t, check)
         if t.transposed != spec.channel_major:
-            encoded = self.encode_tensor_flipped(_values(t, check), kind, spec, **into)
+            encoded = self.encode_tensor_flipped(values, kind, spec, **into)
             if encoded is not None:
                 return encoded
-        return self.encode_tensor(_matrix(t, spec, check), kind, spec, **into)
+        return self.encode_tensor(_oriented(values, t, spec), kind, spec, **into)
 
     # -- decode -----------------------------------------------------------------------
 
@@ -233,9 +235,9 @@ def _geometry(state: KVState) -> list[dict | None]:
     return out
 
 
-def _matrix(t: Tensor, spec: LayoutSpec, check: bool = True) -> np.ndarray:
-    """The tensor as uint16 half bits (f16) or float32, token- or channel-major as the layout wants."""
-    data = _values(t, check)
+def _oriented(data: np.ndarray, t: Tensor, spec: LayoutSpec) -> np.ndarray:
+    """t's values (_values), token- or channel-major as the layout wants: read and checked once,
+    whether or not the codec could take them flipped first."""
     if t.transposed == spec.channel_major:
         return data
     return kernels.transpose(data)
