@@ -224,8 +224,9 @@ def _group_range_impl(src, base, size, symmetric):
     if src.dtype == types.uint16:
         # Half bits compared as integers: magnitudes are the low 15 bits, and flipping bits maps
         # signed halves onto unsigned keys in the same order. Integer min and max loops
-        # vectorize; float ones do not without fastmath, which stays off (K's encode, profiled:
-        # the per-group float reduction was most of it).
+        # vectorize (given a trip count LLVM cannot see as a constant: _quantize_flat); float
+        # ones do not without fastmath, which stays off (K's encode, profiled: the per-group
+        # float reduction was most of it).
         def impl(src, base, size, symmetric):
             if symmetric:
                 top = np.uint32(0)
