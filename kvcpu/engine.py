@@ -209,18 +209,31 @@ class Engine:
         return int(rng.choice(keep, p=p[keep] / p[keep].sum()))
 
     def generate(self, max_tokens: int, sampling: SamplingConfig = SamplingConfig()) -> Iterator[int]:
-        """Yield up to max_tokens new tokens after the current state, stopping at end-of-generation."""
+        """Yield up to max_tokens new tokens after the current state, stopping at end-of-generation.
+
+        A token is yielded as soon as it is sampled and evaluated when the next one is asked for,
+        or when the generator ends or is closed: the caller sees it a decode step sooner (the
+        first token of a turn, most of all), and the engine still ends up holding every token
+        it yielded."""
         if self.n_past == 0:
             raise EngineError("generate needs at least one evaluated token")
         rng = np.random.default_rng(sampling.seed)
-        for _ in range(max_tokens):
-            if self.n_past >= self.config.n_ctx:
-                return
-            token = self.sample(sampling, rng)
-            if self.is_eog(token):
-                return
-            self.eval([token])
-            yield token
+        pending = None
+        try:
+            for _ in range(max_tokens):
+                if pending is not None:
+                    self.eval([pending])
+                    pending = None
+                if self.n_past >= self.config.n_ctx:
+                    return
+                token = self.sample(sampling, rng)
+                if self.is_eog(token):
+                    return
+                pending = token
+                yield token
+        finally:
+            if pending is not None:  # there was room for it: n_past < n_ctx when it was sampled
+                self.eval([pending])
 
     # -- state --------------------------------------------------------------
 

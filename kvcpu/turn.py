@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 PREFILL_TOKENS_PER_S = 180.0
 MAX_PENDING_STORES = 2  # turns' states waiting for the background store, at most
 HOLD_S = 5.0  # how long a store waits, at most, for the turns prefilling (BackgroundStore.held)
+# A state is handed over as a reply ends, a moment before a client that sends its next request at
+# once (an agent) has it parsed, rendered and tokenized: the store waits this long for such a turn
+# to begin, so that it runs during that turn's generation rather than its restore and prefill.
+GRACE_S = 0.1
 # The store's thread yields the cores to llama.cpp's (the next request's prefill): it runs this much
 # nicer where the OS allows a thread its own (Linux), and catches up when they are idle; the serve
 # suite's warm time to first token is what it is for.
@@ -85,6 +89,7 @@ class TurnStats:
     restore_decode_ms: float = 0.0
     restore_set_ms: float = 0.0  # llama.cpp's set_state
     waited_ms: float = 0.0  # for an earlier turn's store, when this turn needed its state
+    lookup_ms: float = 0.0  # the store's longest-prefix lookup
     save_ms: float = 0.0  # after the reply, before the next request can start: get_state and the record
 
 
@@ -165,9 +170,11 @@ class BackgroundStore:
     def held(self) -> Iterator[None]:
         """While a turn restores and prefills (llama.cpp on every core), stores not yet begun
         wait, for HOLD_S at most: they run during its generation instead, which leaves a core
-        free. A store some caller waits for is not held."""
+        free. A store some caller waits for is not held. A store begins only after GRACE_S
+        without a turn, or once the turn that began within it has prefilled."""
         with self._gate:
             self._holds += 1
+            self._gate.notify_all()  # a store waiting for a turn to begin now waits for its prefill
         try:
             yield
         finally:
@@ -192,6 +199,7 @@ class BackgroundStore:
 
     def _store(self, state, label: str, owner, meta: dict, replaces) -> None:
         with self._gate:
+            self._gate.wait_for(lambda: self._holds or self._waiters, timeout=GRACE_S)
             self._gate.wait_for(lambda: not self._holds or self._waiters, timeout=HOLD_S)
         t0 = time.perf_counter()
         kernels.use_threads(1)  # leave the other core to llama.cpp, which may be prefilling
@@ -282,8 +290,9 @@ class Turn:
             eng.eval(prompt[base:])
             prefill_ms = (time.perf_counter() - t1) * 1e3
         scanner, generated, pending, ttft_ms, t2 = StopScanner(self.stop), [], b"", 0.0, time.perf_counter()
+        tokens = eng.generate(self.max_tokens, self.sampling)
         try:
-            for token in eng.generate(self.max_tokens, self.sampling):
+            for token in tokens:
                 if not generated:
                     ttft_ms = (time.perf_counter() - t0) * 1e3
                 generated.append(token)
@@ -303,8 +312,9 @@ class Turn:
                 self.reply += rest
                 yield rest
         finally:  # also when the consumer stops early: the turn is kept as far as it got
-            decode_s = time.perf_counter() - t2
             with interrupts_deferred():
+                tokens.close()  # the engine evaluates the last token it yielded
+                decode_s = time.perf_counter() - t2
                 save_ms = self._save()
             self.stats = TurnStats(
                 tokens_restored=restored, tokens_prefilled=len(prompt) - base, tokens_generated=len(generated),
@@ -312,10 +322,12 @@ class Turn:
                 decode_tps=len(generated) / decode_s if decode_s > 0 else 0.0, context_shifted=shifted,
                 save_ms=save_ms, **restore)
             runner.last_turn = self.stats
-            log.info("turn %s: restored %d tokens in %.1f ms (waited %.1f, read %.1f, decode %.1f, set_state %.1f), "
-                     "prefilled %d in %.0f ms, generated %d", self.label, restored, restore["restore_ms"],
-                     restore["waited_ms"], restore.get("restore_read_ms", 0.0), restore.get("restore_decode_ms", 0.0),
-                     restore.get("restore_set_ms", 0.0), len(prompt) - base, prefill_ms, len(generated))
+            log.info("turn %s: restored %d tokens in %.1f ms (waited %.1f, lookup %.1f, read %.1f, decode %.1f, "
+                     "set_state %.1f), prefilled %d in %.0f ms, first token at %.0f ms, generated %d", self.label,
+                     restored, restore["restore_ms"], restore["waited_ms"], restore["lookup_ms"],
+                     restore.get("restore_read_ms", 0.0), restore.get("restore_decode_ms", 0.0),
+                     restore.get("restore_set_ms", 0.0), len(prompt) - base, prefill_ms, self.stats.ttft_ms,
+                     len(generated))
 
     def _save(self) -> float:
         """Bring the engine to the conversation's tokens (the caller's `finish` says which:
@@ -365,7 +377,9 @@ class TurnRunner:
         t0 = time.perf_counter()
         common = common_prefix_length(self.engine.tokens, prompt)
         times = {"waited_ms": self.saver.wait_for(prompt, common)}
+        t1 = time.perf_counter()
         match = self.store.longest_prefix(prompt[:-1], self.fingerprint)  # at least one token to eval
+        times["lookup_ms"] = (time.perf_counter() - t1) * 1e3
         if match is None or match.n_tokens <= common:
             self.engine.truncate(common)  # what the engine holds already is the longest prefix
             return common, {**times, "restore_ms": (time.perf_counter() - t0) * 1e3}

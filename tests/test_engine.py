@@ -47,3 +47,29 @@ def test_a_file_llama_cpp_refuses_is_an_engine_error_with_its_reason(tmp_path, c
             pytest.raises(EngineError, match="failed to read header"):
         Engine.load(bad)
     assert any(r.levelno == logging.ERROR and r.name == "kvcpu.llama_cpp" for r in caplog.records)
+
+
+def test_generate_yields_a_token_before_evaluating_it(make_engine):
+    """A token reaches the caller a decode step sooner: it is evaluated when the next one is
+    asked for, or when the generator ends or is closed, so the engine always ends up holding
+    every token it yielded."""
+    eng = make_engine()
+    prompt = eng.tokenize("The keeper climbed the steps of the lighthouse and")
+    eng.eval(prompt)
+    gen = eng.generate(8)
+    first = next(gen)
+    assert eng.tokens == prompt  # not evaluated yet
+    second = next(gen)
+    assert eng.tokens == prompt + [first]
+    gen.close()
+    assert eng.tokens == prompt + [first, second]
+    rest = list(eng.generate(5))
+    assert eng.tokens == prompt + [first, second] + rest and len(rest) == 5
+
+
+def test_generate_evaluates_its_last_token_when_it_runs_out(make_engine):
+    eng = make_engine()
+    prompt = eng.tokenize("Once upon a time")
+    eng.eval(prompt)
+    out = list(eng.generate(3))
+    assert len(out) == 3 and eng.tokens == prompt + out and eng.n_past == len(prompt) + 3

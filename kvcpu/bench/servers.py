@@ -100,7 +100,7 @@ def kvcpu_serve(model_path, store_dir: Path, *args: str, api_key: str | None = N
                 log_path: Path | None = None) -> ServerProcess:
     """`kvcpu serve` over `store_dir` (this interpreter's kvcpu)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "kvcpu", "serve", "--model", str(model_path), "--port", str(port),
+    cmd = [sys.executable, "-m", "kvcpu", "-v", "serve", "--model", str(model_path), "--port", str(port),
            "--store-dir", str(store_dir), "--n-ctx", str(n_ctx), *args]
     if api_key:
         cmd += ["--api-key", api_key]
