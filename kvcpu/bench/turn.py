@@ -5,9 +5,11 @@ a warm turn's restore, broken into the store's read (checksum included), the dec
 llama.cpp's set_state; the time to first token; what the turn's end costs before the next
 message can start, and the background store's encode and put. The cold column is the first
 turn of a fresh process over the same store directory, after Session.warm_up (which chat runs
-while the user types). The ceiling is a memcpy of the same f16 bytes, in the same process.
-Beside it: get_state and set_state throughput by size, and the int8 decode and encode of the
-whole state right after an eval against the same memcpy.
+while the user types). The ceiling is a memcpy of the same f16 bytes, in the same process,
+timed beside each sample (just before each warm switch; right after an eval, in turn with the
+decode and encode), so that the machine's moods reach both sides of a ratio alike. Beside it:
+get_state and set_state throughput by size, and the int8 decode and encode of the whole state
+right after an eval against the same memcpy.
 """
 
 from __future__ import annotations
@@ -35,23 +37,36 @@ def params(quick: bool) -> dict:
     return {"lengths": [500, 2000, 4000], "codecs": ["int8", "f16"], "repeat": 5}
 
 
-def _memcpy_ms(nbytes: int, repeat: int) -> float:
-    src, dst = np.ones(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
-    return metrics.median_of(lambda: np.copyto(dst, src), repeat) * 1e3
+class _Memcpy:
+    """A copy of `nbytes` between two touched buffers, timed one sample at a time: taken beside
+    each sample of what it is the ceiling of, under the same conditions, it steadies the ratio
+    on a shared machine (timed apart, the same copy varied 2x within one run)."""
+
+    def __init__(self, nbytes: int):
+        self.src, self.dst = np.ones(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
+        np.copyto(self.dst, self.src)
+
+    def sample_ms(self) -> float:
+        t0 = time.perf_counter()
+        np.copyto(self.dst, self.src)
+        return (time.perf_counter() - t0) * 1e3
 
 
-def _warm_turns(s: Session, conv: str, repeat: int) -> dict:
-    """Median figures of `repeat` switches back to conv, each after a turn elsewhere."""
-    rows = []
+def _warm_turns(s: Session, conv: str, repeat: int, nbytes: int) -> dict:
+    """Median figures of `repeat` switches back to conv, each after a turn elsewhere, with a
+    memcpy of the conversation's f16 bytes just before each switch."""
+    rows, memcpy = [], _Memcpy(nbytes)
     for _ in range(repeat):
         s.chat("filler", "Hello.", max_tokens=2)
         s.flush()
+        copy_ms = memcpy.sample_ms()
         s.chat(conv, ASK, max_tokens=2)
         t = s.last_turn
         s.flush()
         rows.append({"restore_ms": t.restore_ms, "read_ms": t.restore_read_ms, "decode_ms": t.restore_decode_ms,
                      "set_ms": t.restore_set_ms, "ttft_ms": t.ttft_ms, "save_ms": t.save_ms,
-                     "store_ms": s.last_store.store_ms, "tokens": t.tokens_restored})
+                     "store_ms": s.last_store.store_ms, "tokens": t.tokens_restored, "memcpy_ms": copy_ms,
+                     "restore_vs_memcpy": t.restore_ms / copy_ms})
     return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -118,23 +133,25 @@ def _after_eval(eng: Engine, state, repeat: int) -> dict:
     from .. import kernels
 
     snap = Snapshot.from_state(state, eng.info.fingerprint, "int8")
-    times = {"decode": [], "encode": []}
+    memcpy = _Memcpy(state.kv_nbytes)
+    work = {"decode": snap.packed.decode, "encode": lambda: Snapshot.from_state(state, eng.info.fingerprint, "int8"),
+            "memcpy": memcpy.sample_ms}
+    times = {what: [] for what in work}
     for _ in range(repeat):
-        for what in times:
+        for what, fn in work.items():  # the memcpy too is timed right after an eval, in turn
             eng.set_state(state)
             eng.eval([int(state.tokens[-1])])  # llama.cpp's threads have just run
             t0 = time.perf_counter()
             with kernels.threads(1):
-                snap.packed.decode() if what == "decode" else Snapshot.from_state(state, eng.info.fingerprint, "int8")
+                fn()
             times[what].append((time.perf_counter() - t0) * 1e3)
     with kernels.threads(1):
         isolated = metrics.median_of(snap.packed.decode, repeat) * 1e3
-    memcpy = _memcpy_ms(state.kv_nbytes, repeat)
-    out = {"tokens": state.n_tokens, "kv_mb": state.kv_nbytes / 1e6, "memcpy_ms": memcpy,
-           "isolated_decode_ms": isolated}
+    out = {"tokens": state.n_tokens, "kv_mb": state.kv_nbytes / 1e6, "isolated_decode_ms": isolated}
     for what, ts in times.items():
         out[f"{what}_ms"] = float(np.median(ts))
-        out[f"{what}_vs_memcpy"] = memcpy / out[f"{what}_ms"]
+    for what in ("decode", "encode"):  # each sample against the memcpy of its own round
+        out[f"{what}_vs_memcpy"] = float(np.median(np.array(times["memcpy"]) / np.array(times[what])))
     return out
 
 
@@ -155,11 +172,8 @@ def run(ctx: SuiteContext, lengths: list[int], codecs: list[str], repeat: int) -
         for i, n in enumerate(lengths):
             for j, c in enumerate(codecs):
                 ctx.tick(i * len(codecs) + j, total, f"{c}, {n} tokens, warm")
-                row = {"codec": c, "length": n, **_warm_turns(sessions[c], f"c{n}", repeat)}
-                nbytes = int(row["tokens"]) * eng.info.kv_bytes_per_token_f16
-                row["memcpy_ms"] = _memcpy_ms(nbytes, repeat)
-                row["restore_vs_memcpy"] = row["restore_ms"] / row["memcpy_ms"]
-                rows.append(row)
+                nbytes = len(sessions[c].conversations[f"c{n}"].tokens) * eng.info.kv_bytes_per_token_f16
+                rows.append({"codec": c, "length": n, **_warm_turns(sessions[c], f"c{n}", repeat, nbytes)})
         longest = sessions[codecs[0]]
         state = longest.store.get(longest.store.longest_prefix(longest.conversations[f"c{max(lengths)}"].tokens,
                                                                eng.info.fingerprint).key).decode()
