@@ -218,7 +218,8 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
               help="Disk budget of the store, in MB [default: half of its entries and the free space].")
 @click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size of each engine.")
-@click.option("--threads", type=int, default=None, help="llama.cpp threads per engine [default: all cores].")
+@click.option("--threads", type=int, default=None,
+              help="llama.cpp threads per engine, for prefill and generation [default: the physical cores].")
 @click.option("--api-key", default=None, envvar="KVCPU_API_KEY", help="Require 'Authorization: Bearer KEY' "
               "[env KVCPU_API_KEY].")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -261,7 +262,8 @@ def inspect(path: Path) -> None:
 @click.option("--tokens", "n_tokens", default=1024, show_default=True, help="Document tokens to prefill.")
 @click.option("--snapshot", "snapshot_path", type=click.Path(path_type=Path), default=None,
               help="Where to write the snapshot [default: $KVCPU_HOME/demo/document.kvs].")
-@click.option("--threads", type=int, default=None, help="llama.cpp threads [default: all cores].")
+@click.option("--threads", type=int, default=None,
+              help="llama.cpp threads, for prefill and generation [default: the physical cores].")
 def demo(model: str, n_tokens: int, snapshot_path: Path | None, threads: int | None) -> None:
     """Prefill a document, snapshot it, and restore it into a fresh model: restore against prefill."""
     from .demo import default_snapshot_path, run_demo

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from . import buffers, models
 from .errors import EngineError, ModelNotSupportedError
@@ -24,12 +25,19 @@ log = logging.getLogger(__name__)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 
 
+def default_threads() -> int:
+    """llama.cpp's threads when none are asked for: the physical cores. llama-cpp-python's own
+    default generates on half the logical CPUs, which on a 2-core machine left a core idle and
+    a token 1.6x slower (15 against 25 ms at 1,800 tokens of context)."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How llama.cpp runs the model. type_k/type_v take a ggml type name ('q8_0') or id."""
 
     n_ctx: int = 4096
-    n_threads: int | None = None
+    n_threads: int | None = None  # generation and prefill; None: the physical cores (default_threads)
     n_batch: int = 512
     flash_attn: bool = False
     type_k: str | int | None = None
@@ -93,7 +101,8 @@ class Engine:
 
         path = models.resolve(model, progress=progress)
         kwargs = dict(model_path=str(path), n_ctx=config.n_ctx, n_batch=min(config.n_batch, config.n_ctx),
-                      n_threads=config.n_threads, flash_attn=config.flash_attn,
+                      n_threads=config.n_threads or default_threads(), n_threads_batch=config.n_threads,
+                      flash_attn=config.flash_attn,
                       logits_all=config.logits_all, verbose=config.verbose)
         for key in ("type_k", "type_v"):
             value = getattr(config, key)

@@ -169,9 +169,10 @@ class BackgroundStore:
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """While a turn restores and prefills (llama.cpp on every core), stores not yet begun
-        wait, for HOLD_S at most: they run during its generation instead, which leaves a core
-        free. A store some caller waits for is not held. A store begins only after GRACE_S
-        without a turn, or once the turn that began within it has prefilled."""
+        wait, for HOLD_S at most: they run during its generation instead, which evaluates a
+        token at a time with sampling and streaming between. A store some caller waits for is
+        not held. A store begins only after GRACE_S without a turn, or once the turn that began
+        within it has prefilled."""
         with self._gate:
             self._holds += 1
             self._gate.notify_all()  # a store waiting for a turn to begin now waits for its prefill

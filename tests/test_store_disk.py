@@ -84,6 +84,7 @@ def test_a_writer_killed_mid_write_loses_nothing_committed(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     committed += [line.strip() for line in proc.stdout.read().splitlines() if line.strip()]
+    proc.stdout.close()
     assert len(committed) >= 4
     with KVStore(1 << 20, disk_dir=tmp_path) as store:
         for key in committed:
