@@ -219,7 +219,8 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
 @click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size of each engine.")
 @click.option("--threads", type=int, default=None,
-              help="llama.cpp threads per engine, for prefill and generation [default: the physical cores].")
+              help="llama.cpp threads per engine, for prefill and generation [default: the physical cores, "
+                   "shared out among the --parallel engines].")
 @click.option("--api-key", default=None, envvar="KVCPU_API_KEY", help="Require 'Authorization: Bearer KEY' "
               "[env KVCPU_API_KEY].")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -242,7 +243,8 @@ def serve(model, host, port, codec, budget_mb, store_dir, disk_budget_mb, policy
     server = Server(config, progress=True)
     server.warm_up()
     err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {config.store_path}, "
-              f"codec {codec}, {parallel} engine{'s' if parallel > 1 else ''})", highlight=False)
+              f"codec {codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
+              f"thread{'s' if server.threads > 1 else ''})", highlight=False)
     run(server)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import threading
 import time
@@ -12,6 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
+import psutil
 import pytest
 
 from kvcpu.bench.servers import kvcpu_serve
@@ -252,6 +254,9 @@ def test_no_state_leaks_between_concurrent_conversations(model_path, tmp_path):
         with ThreadPoolExecutor(4) as pool:
             together = list(pool.map(lambda t: converse(client, model, t), topics))
         restored = _metric(srv, 'kvcpu_prompt_tokens_total{how="restored"}')
+        # The engines share the cores rather than each spinning llama.cpp's threads on all of them
+        threads = max(1, (psutil.cpu_count(logical=False) or os.cpu_count()) // 2)
+        assert f"2 engines of {threads} thread" in srv.output()
     assert together == alone
     assert restored > 0
 

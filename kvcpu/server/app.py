@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import models
-from ..engine import Engine, EngineConfig
+from ..engine import Engine, EngineConfig, default_threads
 from ..errors import KVCPUError
 from ..store import KVStore
 from ..turn import BackgroundStore
@@ -76,7 +76,10 @@ class Server:
 
     def __init__(self, config: ServeConfig, progress: bool = False):
         self.config = config
-        engine_config = EngineConfig(n_ctx=config.n_ctx, n_threads=config.n_threads)
+        # N engines share the cores: each with all of them, llama.cpp's threads would spin against
+        # each other's whenever two engines run at once
+        self.threads = config.n_threads or max(1, default_threads() // config.parallel)
+        engine_config = EngineConfig(n_ctx=config.n_ctx, n_threads=self.threads)
         engines = [Engine.from_config(config.model, engine_config, progress=progress)]
         engines += [Engine.from_config(engines[0].info.path, engine_config) for _ in range(config.parallel - 1)]
         info = engines[0].info
