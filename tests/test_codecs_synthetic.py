@@ -93,7 +93,7 @@ def test_int8_written_in_place_equals_int8_packed(kind, layout, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", ["int8", "ecq"])
+@pytest.mark.parametrize("name", ["int8", "ecq", "adaptive"])
 def test_two_threads_make_the_same_bytes_as_one(name, kind, monkeypatch):
     """Codecs whose tensors are shared between two threads (kvcpu.workers) encode and decode
     exactly as on one."""

@@ -110,3 +110,30 @@ def test_codecs_split_only_where_two_threads_may_launch_parallel_kernels(monkeyp
         assert not codec("int4").splits_tensors  # stays on one thread: it packs its codes in parallel
     finally:
         kernels.concurrent_launches_safe.cache_clear()
+
+
+def test_adaptive_decodes_on_two_threads_when_every_option_it_chose_may(monkeypatch):
+    """Its encode keeps to one thread (it hands out the planned tensors in order); its decode
+    runs each tensor through that tensor's own option, so it splits when they all split."""
+    import numba
+    import numpy as np
+    from synth import random_stream, write_state
+
+    from kvcpu import KVState, codec, kernels
+
+    state = KVState.from_bytes(write_state(0, [[random_stream(np.random.default_rng(1), 48, 4, 64)]]))
+    state.head_dim = 64
+    at_ratio = codec("adaptive").encode(state)  # every tensor in ecq, at one fitted scale
+    chosen = codec("adaptive", target_ratio=3.0, options=["f16", "int8", "int4-rot-g32"]).encode(state)
+    assert "int4-rot-g32" in {i["option"] for i in chosen.meta["tensor_info"]}
+    kernels.concurrent_launches_safe.cache_clear()
+    try:
+        monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+        assert not codec("adaptive").splits_tensors
+        assert codec("adaptive").splits_decode(at_ratio.meta)
+        assert not codec("adaptive").splits_decode(chosen.meta)  # int4-rot packs its codes in parallel
+        kernels.concurrent_launches_safe.cache_clear()
+        monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+        assert not codec("adaptive").splits_decode(at_ratio.meta)
+    finally:
+        kernels.concurrent_launches_safe.cache_clear()

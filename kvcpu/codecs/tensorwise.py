@@ -66,6 +66,11 @@ class TensorCodec(Codec):
     # parallel): its tensors are then shared between two threads (kvcpu.workers).
     splits_tensors = False
 
+    def splits_decode(self, meta: dict) -> bool:
+        """Whether the decode of a payload with this `meta` shares its tensors between two
+        threads: as the encode does, unless a codec knows better from what the payload holds."""
+        return self.splits_tensors
+
     # Set by a codec whose `head_dim` parameter defaults to the model's head size: True when
     # the caller gave one, which the model's then does not replace.
     _head_dim_given: bool | None = None
@@ -190,7 +195,7 @@ class TensorCodec(Codec):
             raise CodecError(f"{len(dest)} tensors to decode into, for {len(order)} in the payload")
         arrays = unpack(spec, packed.sections[1], meta["index"], len(order), n_tokens)
         run_jobs([partial(self._decode_into, arrays[ti], kind, s, spec, meta["tensor_info"][ti], t)
-                  for ti, ((kind, s), t) in enumerate(zip(order, dest))], self.splits_tensors)
+                  for ti, ((kind, s), t) in enumerate(zip(order, dest))], self.splits_decode(meta))
 
     def decode_tensor_into(self, arrays: dict, kind: str, spec: LayoutSpec, shape: tuple[int, int],
                            info: dict, out: np.ndarray, transposed: bool) -> bool:
