@@ -55,13 +55,6 @@ class RawTensor(TensorCodec):
     def encode_tensor(self, m, kind, spec):
         return {"x": (np.ascontiguousarray(m), 1)}, {}
 
-    def splits_decode(self, meta: dict) -> bool:
-        """Each tensor decodes through a codec of its own option, made for the call: two threads
-        may share them when every option's codec would share its own (ecq's, at a target ratio).
-        The encode keeps to one: it hands out the planned tensors in order."""
-        options = {repr((i["codec"], sorted(i["params"].items()))): i for i in meta["tensor_info"]}
-        return all(_option_codec(i["codec"], i["params"]).splits_tensors for i in options.values())
-
     def decode_tensor(self, arrays, kind, spec, shape, out_dtype, info):
         return arrays["x"]
 
