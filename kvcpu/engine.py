@@ -100,9 +100,9 @@ class Engine:
         import llama_cpp
 
         path = models.resolve(model, progress=progress)
+        threads = config.n_threads or default_threads()
         kwargs = dict(model_path=str(path), n_ctx=config.n_ctx, n_batch=min(config.n_batch, config.n_ctx),
-                      n_threads=config.n_threads or default_threads(), n_threads_batch=config.n_threads,
-                      flash_attn=config.flash_attn,
+                      n_threads=threads, n_threads_batch=threads, flash_attn=config.flash_attn,
                       logits_all=config.logits_all, verbose=config.verbose)
         for key in ("type_k", "type_v"):
             value = getattr(config, key)

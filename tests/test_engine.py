@@ -83,6 +83,7 @@ def test_threads_default_to_the_physical_cores_and_a_choice_applies_to_prefill_t
     import psutil
 
     params = make_engine().llama.context_params
-    assert params.n_threads == (psutil.cpu_count(logical=False) or os.cpu_count())
+    physical = psutil.cpu_count(logical=False) or os.cpu_count()
+    assert (params.n_threads, params.n_threads_batch) == (physical, physical)
     params = make_engine(n_threads=1).llama.context_params
     assert (params.n_threads, params.n_threads_batch) == (1, 1)
