@@ -14,6 +14,7 @@ import pytest
 
 from kvcpu import Session
 from kvcpu.chat import ChatConfig, ChatLoop
+from kvcpu.quality import compare
 
 MAX = 24
 
@@ -54,24 +55,36 @@ def session(model_path, tmp_path):
     s.close()
 
 
-def test_greedy_reply_after_an_int8_restore_matches_a_continuous_run(model_path, session):
-    """int8 changes the KV cache slightly (mean KL ~0.003, bench/quality.py), so a greedy
-    reply after a restore may part from the exact one at a near-tie; we require the first 8
-    tokens to agree. A broken restore disagrees from the first token."""
+def test_an_int8_restore_predicts_as_a_continuous_run(model_path, session, make_engine):
+    """After a switch away and back, the turn restores x's int8 state and prefills only the new
+    message. Its cache then predicts the exact run's reply as the exact cache does: teacher-forced
+    over that reply, mean KL small and top-1 mostly the same (int8's mean KL is ~0.003,
+    bench/quality.py). Greedy text is not compared: a near-tie may flip on another CPU (issue 30);
+    a broken restore is far off from the first position."""
     session.chat("x", "Describe a lighthouse in two sentences.", max_tokens=MAX)
     session.chat("y", "Name three colours.", max_tokens=MAX)
     session.chat("x", "What does its keeper do at night?", max_tokens=MAX)
     turn = session.last_turn
     assert turn.tokens_restored > 40 and turn.tokens_prefilled < 25
+    restored_state = session.engine.get_state()  # x's restored cache, and the turn's own tokens
     with Session(session.engine, codec="f16", budget_bytes=1 << 28) as exact:  # no switch, no codec loss
         exact.engine.reset()
         exact.chat("x", "Describe a lighthouse in two sentences.", max_tokens=MAX)
         exact.chat("x", "What does its keeper do at night?", max_tokens=MAX)
         ref = exact.conversations["x"].tokens
+        ref_state = exact.engine.get_state()
     got = session.conversations["x"].tokens
     prompt = turn.tokens_restored + turn.tokens_prefilled
     assert got[:prompt] == ref[:prompt]
-    assert got[prompt : prompt + 8] == ref[prompt : prompt + 8]
+    reply = ref[prompt : prompt + 12]
+    logits = {}
+    for name, state in {"exact": ref_state, "restored": restored_state}.items():
+        eng = make_engine(n_ctx=1024, logits_all=True)
+        eng.set_state(state)
+        eng.truncate(prompt)
+        logits[name] = eng.eval(reply)
+    report = compare(logits["exact"], logits["restored"], reply)
+    assert report.kl_mean < 0.05 and report.top1_agreement >= 0.75, report
 
 
 def test_a_long_conversation_crosses_n_ctx_and_keeps_answering(model_path, tmp_path):
