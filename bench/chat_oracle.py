@@ -33,8 +33,7 @@ from kvcpu.bench.traces import (
     replay_libcachesim,
     working_set_bytes,
 )
-from kvcpu.store.policies import simulate
-from kvcpu.store.rate import ReuseRate
+from kvcpu.store.policies import ReuseRate, simulate
 
 
 def user_of(key: str) -> int:

@@ -59,7 +59,7 @@ class ChatLoop:
     def run(self) -> None:
         if self.config.interactive:
             self.say(f"kvcpu chat: conversation {self.current!r}. /help for commands, Ctrl-D to leave.")
-        while True:
+        while not self.terminated:
             if self.config.interactive:
                 self.out.write(f"{self.current}> ")
                 self.out.flush()
@@ -83,6 +83,13 @@ class ChatLoop:
                     self.reply(line)
             except KVCPUError as exc:
                 self.say(f"error: {exc}")
+
+    terminated = False  # SIGTERM came: the reply in flight is kept, then the loop ends
+
+    def on_sigterm(self, signum, frame) -> None:
+        """SIGTERM as Ctrl-C (the reply so far is kept and stored), then leave the loop."""
+        self.terminated = True
+        raise KeyboardInterrupt
 
     def reply(self, message: str) -> None:
         chunks = self.session.chat(self.current, message, max_tokens=self.config.max_tokens,

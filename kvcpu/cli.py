@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from rich.table import Table
 
 from . import models
 from .errors import KVCPUError
+from .store.config import click_options as store_options
+from .store.config import from_click as store_config
 
 out = Console()
 err = Console(stderr=True)
@@ -70,12 +73,14 @@ def store_cmd() -> None:
     """The snapshot store on disk: what it holds, and keeping it tidy."""
 
 
-def _open_store(directory: Path):
+def _open_store(directory: Path, look_only: bool = True):
     from .store import KVStore
 
     if not (directory / "entries").is_dir():
         raise KVCPUError(f"no kvcpu store at {directory}")
-    return KVStore(1, disk_dir=directory)  # a 1-byte RAM budget: read the directory, cache nothing
+    # A 1-byte RAM budget: read the directory, cache nothing. A look (ls, stats) opens it with no
+    # disk budget, so that it evicts nothing either: it changes nothing at all.
+    return KVStore(1, disk_dir=directory, disk_budget_bytes=(1 << 62) if look_only else None)
 
 
 _DIR = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -87,13 +92,13 @@ _DIR = click.option("--dir", "directory", type=click.Path(file_okay=False, path_
 def store_stats(directory: Path | None) -> None:
     """Entries, bytes on disk, hit ratio, demotions and evictions (totals of every process)."""
     with _open_store(directory or _default_store_dir()) as store:
-        s, totals = store.stats(), store.disk.counters()
+        s, totals, budget = store.stats(), store.disk.counters(), store.disk.default_budget()
     table = Table("figure", "value")
     table.add_row("directory", str(directory or _default_store_dir()))
     table.add_row("entries", f"{s['entries']:,}")
     table.add_row("bytes on disk", f"{s['disk_bytes']:,}")
-    table.add_row("disk budget", f"{s['disk_budget_bytes']:,} by default (half of the entries and the free space; "
-                  "chat and serve take --disk-budget-mb)")
+    table.add_row("disk budget", f"{budget:,} by default (half of the entries and the free "
+                  "space; chat and serve take --disk-budget-mb)")
     lookups, hits = totals.get("lookups", 0), totals.get("hits", 0)
     table.add_row("lookups / hits", f"{lookups:,} / {hits:,} ({hits / max(lookups, 1):.1%})")
     table.add_row("puts", f"{totals.get('puts', 0):,}")
@@ -122,43 +127,15 @@ def store_ls(directory: Path | None) -> None:
 @click.option("--verify", is_flag=True, help="Read every entry in full and check its checksum.")
 def store_gc(directory: Path | None, verify: bool) -> None:
     """Remove leftovers of killed writers, quarantine unreadable files, optionally verify all."""
-    with _open_store(directory or _default_store_dir()) as store:
+    with _open_store(directory or _default_store_dir(), look_only=False) as store:
         r = store.gc(verify=verify)
     out.print(f"{r['entries']} entries, {r['disk_bytes']:,} bytes; quarantined {r['quarantined']}, "
               f"dropped {r['dropped_unreadable']} unreadable")
 
 
-_REMOTE = [
-    click.option("--remote", default=None, envvar="KVCPU_REMOTE", metavar="URL",
-                 help="A Redis or Valkey tier shared by hosts: redis://[user:password@]host:port/db or rediss:// "
-                      "[env KVCPU_REMOTE]."),
-    click.option("--remote-namespace", default="kvcpu", show_default=True, help="Prefix of kvcpu's keys there."),
-    click.option("--remote-ttl", type=click.IntRange(min=1), default=None, metavar="SECONDS",
-                 help="Let Redis expire kvcpu's keys after this long [default: its maxmemory policy alone]."),
-]
-
-
-def _remote_options(fn):
-    for option in reversed(_REMOTE):
-        fn = option(fn)
-    return fn
-
-
-def _remote_tier(remote, namespace, ttl):
-    from .store.remote import RemoteTier
-
-    return RemoteTier(remote, namespace, ttl) if remote else None
-
-
 @main.command()
 @click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
-@click.option("--codec", default="int8", show_default=True, help="Codec of stored snapshots.")
-@click.option("--budget-mb", default=512, show_default=True, help="RAM budget of the store, in MB.")
-@click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
-@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where conversations persist [default: $KVCPU_HOME/store].")
-@click.option("--disk-budget-mb", type=click.IntRange(min=1), default=None,
-              help="Disk budget of the store, in MB [default: half of its entries and the free space].")
+@store_options("$KVCPU_HOME/store")
 @click.option("--conversation", default="default", show_default=True, help="Conversation to start in.")
 @click.option("--once", "once", default=None, metavar="MESSAGE", help="Print one reply to MESSAGE and exit.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
@@ -166,29 +143,20 @@ def _remote_tier(remote, namespace, ttl):
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--repeat-penalty", default=1.1, show_default=True, help="Above 1 discourages repeating recent tokens.")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size; longer conversations shift.")
-@_remote_options
-def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversation, once, max_tokens, temperature,
-         repeat_penalty, n_ctx, remote, remote_namespace, remote_ttl) -> None:
+def chat(model, conversation, once, max_tokens, temperature, repeat_penalty, n_ctx, **options) -> None:
     """Chat with a local model; every conversation resumes from its stored KV state."""
     from .chat import ChatConfig, ChatLoop
     from .session import Session
-    from .store import KVStore
-    from .store.disk import StoreDiskError
 
-    directory = store_dir or _default_store_dir()
-    tier = _remote_tier(remote, remote_namespace, remote_ttl)
-    try:
-        store = KVStore(budget_mb << 20, policy=policy, disk_dir=directory, codec=codec, remote=tier,
-                        disk_budget_bytes=disk_budget_mb << 20 if disk_budget_mb else None)
-    except StoreDiskError as exc:
-        err.print(f"[bold yellow]warning:[/] {exc}; going on with RAM only: conversations will not persist",
-                  highlight=False)
-        store = KVStore(budget_mb << 20, policy=policy, codec=codec, remote=tier)
-    session = Session(model, codec=codec, store=store, n_ctx=n_ctx, progress=True)
+    config = store_config(options)
+    config = config.replace(disk_dir=config.disk_dir or _default_store_dir())
+    store = config.open(ram_only_on_disk_error=True)
+    session = Session(model, store=store, codec=config.codec, n_ctx=n_ctx, progress=True)
     session.warm_up(background=True)  # while the user types the first message
-    config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
-                        repeat_penalty=repeat_penalty, interactive=sys.stdin.isatty() and once is None)
-    loop = ChatLoop(session, sys.stdin, sys.stdout, config)
+    chat_config = ChatConfig(conversation=conversation, max_tokens=max_tokens, temperature=temperature,
+                             repeat_penalty=repeat_penalty, interactive=sys.stdin.isatty() and once is None)
+    loop = ChatLoop(session, sys.stdin, sys.stdout, chat_config)
+    signal.signal(signal.SIGTERM, loop.on_sigterm)
     kvcpu_log = logging.getLogger("kvcpu")
     handler = loop.log_handler(sys.stderr)
     handler.setLevel(logging.getLogger().level)
@@ -210,13 +178,7 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
 @click.option("--model", default=models.DEFAULT_MODEL, show_default=True, help="Registry name or .gguf path.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
-@click.option("--codec", default="int8", show_default=True, help="Codec of stored snapshots.")
-@click.option("--budget-mb", default=512, show_default=True, help="RAM budget of the store, in MB.")
-@click.option("--store-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where KV snapshots persist [default: $KVCPU_HOME/serve].")
-@click.option("--disk-budget-mb", type=click.IntRange(min=1), default=None,
-              help="Disk budget of the store, in MB [default: half of its entries and the free space].")
-@click.option("--policy", default="hybrid", show_default=True, help="Eviction policy.")
+@store_options("$KVCPU_HOME/serve")
 @click.option("--n-ctx", default=4096, show_default=True, help="Context size of each engine.")
 @click.option("--threads", type=int, default=None,
               help="llama.cpp threads per engine, for prefill and generation [default: the physical cores, "
@@ -227,23 +189,21 @@ def chat(model, codec, budget_mb, policy, store_dir, disk_budget_mb, conversatio
               help="Engines over the same mapped weights, each serving one request at a time.")
 @click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for an engine; past this, 503 with Retry-After.")
-@_remote_options
-def serve(model, host, port, codec, budget_mb, store_dir, disk_budget_mb, policy, n_ctx, threads, api_key, parallel,
-          max_queue, remote, remote_namespace, remote_ttl) -> None:
+def serve(model, host, port, n_ctx, threads, api_key, parallel, max_queue, **options) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, Server, run
 
-    config = ServeConfig(model=model, host=host, port=port, codec=codec, budget_mb=budget_mb, store_dir=store_dir,
-                         disk_budget_mb=disk_budget_mb, policy=policy, n_ctx=n_ctx, n_threads=threads,
-                         api_key=api_key, parallel=parallel, max_queue=max_queue, remote=remote,
-                         remote_namespace=remote_namespace, remote_ttl_s=remote_ttl)
+    store = store_config(options)
+    store = store.replace(disk_dir=store.disk_dir or models.kvcpu_home() / "serve")
+    config = ServeConfig(model=model, host=host, port=port, store=store, n_ctx=n_ctx, n_threads=threads,
+                         api_key=api_key, parallel=parallel, max_queue=max_queue)
     if config.exposed and api_key is None:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)
     server = Server(config, progress=True)
     server.warm_up()
-    err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {config.store_path}, "
-              f"codec {codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
+    err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {store.disk_dir}, "
+              f"codec {store.codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
               f"thread{'s' if server.threads > 1 else ''})", highlight=False)
     run(server)
 

@@ -81,3 +81,39 @@ class EngineError(KVCPUError):
 
 class BenchResultsError(KVCPUError):
     """A benchmark results file is not one kvcpu can read: foreign, damaged or from a newer kvcpu."""
+
+
+class RecordError(KVCPUError):
+    """A conversation record could not be written (a full disk, a read-only directory)."""
+
+
+class APIError(KVCPUError):
+    """A request kvcpu serve refuses, answered with an HTTP status and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ContextFullError(KVCPUError):
+    """The prompt and the reply cannot fit the context, even after dropping the middle."""
+
+
+class RemoteError(KVCPUError):
+    """The remote tier's URL cannot be used (a malformed URL, no client library)."""
+
+
+class StoreDiskError(KVCPUError):
+    """The store directory cannot be used: not writable, or the disk is full."""
+
+
+class UnknownConversationError(KVCPUError, KeyError):
+    """No conversation by that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

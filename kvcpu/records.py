@@ -9,15 +9,11 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import KVCPUError
+from .errors import RecordError
 from .fileio import atomic_write
 from .store.keys import name_digest
 
 log = logging.getLogger(__name__)
-
-
-class RecordError(KVCPUError):
-    """A conversation record could not be written (a full disk, a read-only directory)."""
 
 
 def file_name(name: str) -> str:
@@ -81,3 +77,45 @@ class Records:
         legacy = self._legacy.pop(name, None)
         if legacy is not None:
             legacy.unlink(missing_ok=True)
+
+
+class RecordStore:
+    """Conversation records where a store keeps them: its directory (when it has one) and its
+    remote tier (when it has one), so that a conversation resumes on any host."""
+
+    def __init__(self, directory: str | os.PathLike | None, remote=None, fingerprint: str = ""):
+        self.local = Records(Path(directory) / "conversations") if directory is not None else None
+        self.remote, self.fingerprint = remote, fingerprint
+
+    @classmethod
+    def of(cls, store, fingerprint: str) -> RecordStore:
+        """The records beside a KVStore's entries, for one model."""
+        return cls(store.directory, store.remote, fingerprint)
+
+    def load_all(self) -> list[dict]:
+        """Every readable local record."""
+        return self.local.load_all() if self.local is not None else []
+
+    def get_remote(self, name: str) -> dict | None:
+        """The record another host put on the remote tier, or None."""
+        raw = self.remote.get_record(self.fingerprint, name) if self.remote is not None else None
+        if raw is None:
+            return None
+        try:
+            return {**parse(raw), "id": name}
+        except ValueError as exc:
+            log.warning("the remote record of %r is unreadable: %s", name, exc)
+            return None
+
+    def save(self, record: dict) -> None:
+        """Write a record to the remote tier and the directory; RecordError when the disk refuses."""
+        if self.remote is not None:
+            self.remote.put_record(self.fingerprint, record["id"], json.dumps(record).encode())
+        if self.local is not None:
+            self.local.save(record)
+
+    def delete(self, name: str) -> None:
+        if self.local is not None:
+            self.local.delete(name)
+        if self.remote is not None:
+            self.remote.delete_record(self.fingerprint, name)

@@ -9,24 +9,23 @@ re-prefills what is stored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from . import metrics, records
+from .background import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats
+from .codecs import refuse_merged_cells
 from .engine import Engine, EngineConfig, SamplingConfig
-from .errors import KVCPUError
-from .records import RecordError, Records
+from .errors import KVCPUError, RecordError, UnknownConversationError
+from .records import RecordStore
 from .snapshot import Snapshot
-from .store import KVStore
-from .store.store import refuse_merged_cells
+from .store import KVStore, StoreConfig
 from .template import ChatFormat
-from .turn import PREFILL_TOKENS_PER_S, BackgroundStore, StoreStats, TurnRunner, TurnStats, interrupts_deferred
+from .turn import TurnRunner, TurnStats, interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -46,40 +45,37 @@ class Conversation:
         return asdict(self)
 
 
-class UnknownConversationError(KVCPUError, KeyError):
-    """No conversation by that name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
 class Session:
     """Many conversations over one model, with their KV state kept in a KVStore."""
 
-    def __init__(self, model="smollm2-135m", *, codec: str = "int8", budget_bytes: int = 512 << 20,
-                 disk_dir=None, store: KVStore | None = None, n_ctx: int = 4096, policy: str = "hybrid",
-                 keep_first: int = 32, n_threads: int | None = None, progress: bool = False,
-                 remote: str | None = None, remote_namespace: str = "kvcpu"):
-        if store is not None:
-            refuse_merged_cells(codec)
-        self._owns_store = store is None  # made first: a store it refuses costs no model load
-        self.store = store if store is not None else KVStore(budget_bytes, policy=policy, disk_dir=disk_dir,
-                                                              codec=codec, remote=remote,
-                                                              remote_namespace=remote_namespace)
+    def __init__(self, model="smollm2-135m", *, store: StoreConfig | KVStore | None = None, n_ctx: int = 4096,
+                 keep_first: int = 32, n_threads: int | None = None, progress: bool = False, **store_options):
+        """`store`: a StoreConfig to open, or a KVStore to use (it stays the caller's); `store_options`
+        are StoreConfig's fields (codec, budget_bytes, disk_dir, policy, remote, ...) over it."""
+        if isinstance(store, KVStore):
+            extra = sorted(set(store_options) - {"codec"})
+            if extra:
+                raise KVCPUError(f"{', '.join(extra)}: options of the store, which was passed in already open")
+            self.codec = store_options.get("codec", store.codec)
+            refuse_merged_cells(self.codec)
+        self._owns_store = not isinstance(store, KVStore)  # made first: a store it refuses costs no model load
+        if self._owns_store:
+            config = (store or StoreConfig()).replace(**store_options)
+            self.codec, store = config.codec, config.open()
+        self.store = store
         self._owns_engine = not isinstance(model, Engine)  # an engine passed in stays the caller's
         self.engine = model if isinstance(model, Engine) else Engine.from_config(
             model, EngineConfig(n_ctx=n_ctx, n_threads=n_threads), progress=progress)
         self.fingerprint = self.engine.info.fingerprint
-        self.codec = codec
         self.keep_first = keep_first
         self.conversations: dict[str, Conversation] = {}
-        self._saver = BackgroundStore(self.store, codec, self.fingerprint, model_name=self.engine.info.path)
-        self.runner = TurnRunner(self.engine, self.store, self._saver, keep_first)
+        self._background = BackgroundStore(self.store, self.codec, self.fingerprint, model_name=self.engine.info.path)
+        self.runner = TurnRunner(self.engine, self.store, self._background, keep_first)
         self._warming: Future | None = None
         self._format = ChatFormat.of(self.engine)
-        self._records = Records(Path(self.store.disk.root) / "conversations") if self.store.disk is not None else None
+        self._records = RecordStore.of(self.store, self.fingerprint)
         self._record_failing = False
-        for record in self._records.load_all() if self._records is not None else ():
+        for record in self._records.load_all():
             self.conversations[record["id"]] = Conversation(**record)
 
     # -- conversations ---------------------------------------------------------------------------
@@ -101,15 +97,10 @@ class Session:
 
     def _from_remote(self, conversation_id: str) -> Conversation | None:
         """A conversation another host recorded on the remote tier, now known here too."""
-        raw = self.store.remote.get_record(self.fingerprint, conversation_id) if self.store.remote else None
-        if raw is None:
+        record = self._records.get_remote(conversation_id)
+        if record is None:
             return None
-        try:
-            record = records.parse(raw)
-        except ValueError as exc:
-            log.warning("the remote record of %r is unreadable: %s", conversation_id, exc)
-            return None
-        conv = self.conversations[conversation_id] = Conversation(**{**record, "id": conversation_id})
+        conv = self.conversations[conversation_id] = Conversation(**record)
         return conv
 
     def forget(self, conversation_id: str) -> None:
@@ -120,10 +111,7 @@ class Session:
         if key is not None:
             self.store.delete(key)
         del self.conversations[conversation_id]
-        if self._records is not None:
-            self._records.delete(conversation_id)
-        if self.store.remote is not None:
-            self.store.remote.delete_record(self.fingerprint, conversation_id)
+        self._records.delete(conversation_id)
 
     def list(self) -> list[dict]:
         """One row per conversation: turns, tokens, and where its snapshot is."""
@@ -149,7 +137,7 @@ class Session:
     @property
     def last_store(self) -> StoreStats | None:
         """What storing the last stored turn took, in the background."""
-        return self._saver.last
+        return self._background.last
 
     def chat(self, conversation_id: str, message: str, *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int | None = None, repeat_penalty: float = 1.1, stream: bool = False):
@@ -199,14 +187,14 @@ class Session:
 
     def flush(self) -> None:
         """Wait until every turn's state is in the store."""
-        self._saver.flush()
+        self._background.flush()
 
     def warm_up(self, background: bool = False) -> None:
         """Pay what the first turn after a start would (TurnRunner.warm_up). With
         background=True it runs on the store's thread while the user types, and the first turn
         waits for it only if it comes sooner."""
         if background:
-            self._warming = self._saver.run(self.runner.warm_up, self.codec)
+            self._warming = self._background.run(self.runner.warm_up, self.codec)
         else:
             self.runner.warm_up(self.codec)
 
@@ -219,12 +207,7 @@ class Session:
 
     def _save_conversation_file(self, conv: Conversation) -> None:
         """Write the conversation's record; when the disk refuses, warn once and go on with the
-        conversation in memory (its state is stored apart). With a remote tier the record goes
-        there too, so that the conversation resumes on any host."""
-        if self.store.remote is not None:
-            self.store.remote.put_record(self.fingerprint, conv.id, json.dumps(conv.to_json()).encode())
-        if self._records is None:
-            return
+        conversation in memory (its state is stored apart)."""
         try:
             self._records.save(conv.to_json())
         except RecordError as exc:
@@ -276,7 +259,7 @@ class Session:
         """Store what is in flight; close what this session opened (an engine or a store
         passed in stays open)."""
         self._wait_for_warm_up()
-        self._saver.close()
+        self._background.close()
         if self._owns_store:
             self.store.close()
         if self._owns_engine:

@@ -28,7 +28,7 @@ _pools_lock = threading.Lock()
 
 def _helpers() -> ThreadPoolExecutor:
     """Helpers at the calling thread's own priority: the background store's thread runs niced
-    (turn.STORE_NICE), so that llama.cpp's prefill goes first, and its helper must too."""
+    (background.STORE_NICE), so that llama.cpp's prefill goes first, and its helper must too."""
     nice = _own_nice()
     with _pools_lock:
         pool = _pools.get(nice)
@@ -65,7 +65,10 @@ def run_jobs(jobs: Sequence[Callable[[], T]], split: bool = True) -> list[T]:
                 failed.set()
                 raise
 
-    helper = _helpers().submit(drain)
+    try:
+        helper = _helpers().submit(drain)
+    except RuntimeError:  # the interpreter is exiting: its executors take no new work
+        return [job() for job in jobs]
     try:
         drain()
     finally:

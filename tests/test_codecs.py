@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvcpu import CompressedKV, KVState, codec, codec_names
+from kvcpu.codecs.layout import LAYOUTS
 from kvcpu.errors import CodecError, KVCPUError
-from kvcpu.layout import LAYOUTS
 from kvcpu.quality import compare, continuation_logits
 
 LOSSY = ["int8", "int4", "int4-rot", "ecq", "svd", "cluster", "adaptive"]

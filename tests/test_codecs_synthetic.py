@@ -13,8 +13,8 @@ from hypothesis.extra import numpy as hnp
 from synth import random_stream, write_state
 
 from kvcpu import CompressedKV, KVState, codec, workers
+from kvcpu.codecs.layout import LAYOUTS, LayoutSpec, pack, reserve, unpack
 from kvcpu.codecs.tensorwise import _float_to_bf16
-from kvcpu.layout import LAYOUTS, LayoutSpec, pack, reserve, unpack
 
 # Relative RMS error of the decoded values, about 3x the worst each codec measures on these
 # states: int8 0.0057, int4 0.082, int4-rot 0.10, ecq 0.13, svd 0.10. adaptive, held to 4x on

@@ -9,8 +9,8 @@ from synth import random_stream, write_state
 
 from kvcpu import CompressedKV, KVState, codec
 from kvcpu.codecs.ecq import EntropyCodedCodec, _steps_of_bytes
+from kvcpu.codecs.layout import LAYOUTS, LayoutSpec
 from kvcpu.errors import CodecError
-from kvcpu.layout import LAYOUTS, LayoutSpec
 
 TOKEN_MAJOR = LayoutSpec("blocked", 16)
 

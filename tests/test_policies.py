@@ -16,8 +16,6 @@ from kvcpu.store.policies import (
     POLICIES,
     S3FIFO,
     GDLearn,
-    GDLearnSmall,
-    GDSmall,
     Hybrid,
     ReuseRate,
     make_policy,
@@ -118,11 +116,6 @@ def test_gds_evicts_the_largest_then_ages():
     gds.on_remove("big")
     gds.on_insert("new", 10, 1.0)  # as small as small, but L has risen since: it outranks it
     assert gds.victim() == "small"
-
-
-def test_gd_small_keeps_small_entries_even_against_frequency():
-    gd = GDSmall(1000)
-    assert _run(gd, [("put", "big", 100), *[("get", "big", 100)] * 8, ("put", "small", 10)]) == "big"
 
 
 def test_arc_adapts_between_recency_and_frequency():
@@ -251,16 +244,14 @@ def test_gd_learn_learns_that_entries_of_one_size_never_come_back():
     assert GDS(400).priority("x", 40, 1.0) > GDS(400).priority("y", 64, 1.0)  # GDS would keep the 40
 
 
-def test_gd_learn_small_weighs_size_harder_than_gd_learn():
+def test_gd_learn_weighs_size_by_learned_reuse():
     """An 80-byte entry used four times (its class learns reuse: 4/5) against a fresh 30-byte
-    one (its class unknown: 1/2): both drop the big one, gd-learn by 0.8/80 against 0.5/30,
-    gd-learn-small by 0.8 * sqrt(4) / 80^1.5 against 0.5 / 30^1.5."""
-    for cls in (GDLearn, GDLearnSmall):
-        gd = cls(1000)
-        _run(gd, [("put", "big", 80), *[("get", "big", 80)] * 3, ("put", "small", 30)])
-        assert gd.victim() == "big"
-        assert gd.reuse_probability(gd._class(80)) == pytest.approx(0.8)
-    assert gd.priority("big", 80, 1.0) == pytest.approx(gd.inflation + 0.8 * 2 / 80**1.5)
+    one (its class unknown: 1/2): gd-learn drops the big one, by 0.8/80 against 0.5/30."""
+    gd = GDLearn(1000)
+    _run(gd, [("put", "big", 80), *[("get", "big", 80)] * 3, ("put", "small", 30)])
+    assert gd.victim() == "big"
+    assert gd.reuse_probability(gd._class(80)) == pytest.approx(0.8)
+    assert gd.priority("big", 80, 1.0) == pytest.approx(gd.inflation + 0.8 / 80)
 
 
 def test_reuse_rate_keeps_the_most_used_per_byte_and_drops_the_overdue_first():

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import threading
 import time
 import urllib.error
@@ -286,3 +287,58 @@ def _metric(server, name: str) -> float:
     text = _get(server, "/metrics")
     found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     return sum(found)
+
+
+# -- issue 28's faults: each a 400 that was a 500, a stop that cost quadratic time, a key refused -----
+
+
+def test_f15_stop_strings_past_the_cap_are_400_naming_stop(server, model_id):
+    from kvcpu.server.protocol import MAX_STOP_CHARS
+
+    for stop in (["x" * (MAX_STOP_CHARS + 1)], ["a", "b", "c", "d", "e"]):
+        body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stop": stop}
+        status, error = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+        assert status == 400 and error["param"] == "stop", error
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_f18_a_negative_seed_is_400_streamed_or_not(server, model_id, stream):
+    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "seed": -1, "stream": stream}
+    status, error = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and error["param"] == "seed", error
+
+
+def test_f18_a_lone_surrogate_is_400_naming_where(server, model_id):
+    raw = b'{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % model_id.encode()
+    status, error = _post(server, "/v1/chat/completions", raw)
+    assert status == 400 and error["param"] == "messages[0].content", error
+
+
+def test_f18_json_nested_too_deep_is_400(server):
+    status, error = _post(server, "/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "deep" in error["message"], error
+
+
+def test_f19_the_bearer_scheme_is_case_insensitive(server):
+    for scheme in ("bearer", "BEARER"):
+        req = urllib.request.Request(f"{server.base_url}/v1/models", headers={"Authorization": f"{scheme} {KEY}"})
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200
+
+
+def test_f19_a_stream_cut_by_shutdown_ends_with_a_finish_reason(model_path, tmp_path):
+    """SIGTERM mid-stream: before the grace is up, the stream ends with finish_reason 'length'
+    and [DONE] (the openai client ends its iteration there, not with an error)."""
+    with kvcpu_serve(model_path, tmp_path / "s") as srv:
+        client = srv.client()
+        model = client.models.list().data[0].id
+        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Count to 900."}],
+                                                max_tokens=1500, temperature=0, stream=True)
+        chunks = iter(stream)
+        first = next(chunks)
+        srv.proc.send_signal(signal.SIGTERM)
+        rest = list(chunks)
+        assert srv.stop() == 0
+    finishes = [c.choices[0].finish_reason for c in [first, *rest] if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert "Traceback" not in srv.output()

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from kvcpu import Session, records
+from kvcpu.background import BackgroundStore
 from kvcpu.chat import ChatConfig, ChatLoop
-from kvcpu.turn import BackgroundStore
 
 
 @pytest.fixture
@@ -145,3 +145,19 @@ def test_f5_a_session_refuses_a_codec_that_merges_cells_before_loading_the_model
 
     with pytest.raises(KVCPUError, match="merges cells"):
         Session(tmp_path / "no-such-model.gguf", codec="cluster")  # refused before the model is looked for
+
+
+def test_f14_a_session_never_closed_still_stores_its_last_turn(model_path, tmp_path):
+    """README's example, run as written, ends without close(): the interpreter's exit must
+    still store the last turn's state (the helper threads are shut down by then)."""
+    script = ("import sys, kvcpu\n"
+              "s = kvcpu.Session(sys.argv[1], codec='int8', n_ctx=1024, disk_dir=sys.argv[2])\n"
+              "s.chat('notes', 'Summarise our plan in one sentence.', max_tokens=8)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(model_path), str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "failed" not in done.stderr, done.stderr
+    with reopen(model_path, tmp_path) as s:
+        held = len(s.get("notes").tokens)
+        s.chat("notes", "And then?", max_tokens=2)
+        assert s.last_turn.tokens_restored == held  # the whole last turn came back

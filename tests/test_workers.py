@@ -137,3 +137,14 @@ def test_adaptive_decodes_on_two_threads_when_every_option_it_chose_may(monkeypa
         assert not codec("adaptive").splits_decode(at_ratio.meta)
     finally:
         kernels.concurrent_launches_safe.cache_clear()
+
+
+def test_jobs_run_on_the_calling_thread_once_the_helpers_are_shut_down(monkeypatch):
+    """At interpreter exit the executors take no new work (F14): the jobs still all run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    monkeypatch.setattr(workers, "_helpers", lambda: closed)
+    monkeypatch.setattr(workers, "WORKERS", 2)
+    assert workers.run_jobs([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]

@@ -22,7 +22,7 @@ from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace, working_set_bytes
 
 TITLE = "Eviction policies"
-KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "reuse-rate",
+KVCPU = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "reuse-rate",
          "hybrid"]
 KEYS_ONLY = "hybrid, keys only"  # the hybrid on a trace whose owners are taken out
 

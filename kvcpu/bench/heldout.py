@@ -27,7 +27,7 @@ CHAT_SEEDS, AGENT_SEEDS = 100, 200  # held out: no policy was tuned on a seed fr
 KVCPU = {"hybrid": ("hybrid", True), "hybrid, keys only": ("hybrid", False), "gdsf": ("gdsf", False)}
 # Every single policy kvcpu has, for the roster: a policy earns its place by being well known, or
 # by winning somewhere here.
-ROSTER = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "gd-small", "gd-learn", "gd-learn-small", "reuse-rate"]
+ROSTER = ["lru", "lfu", "fifo", "s3fifo", "arc", "gds", "gdsf", "reuse-rate"]
 
 
 def params(quick: bool) -> dict:

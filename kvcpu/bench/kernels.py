@@ -12,7 +12,7 @@ from gguf import quants
 
 from .. import kernels as K
 from ..codecs import codec
-from ..layout import LAYOUTS
+from ..codecs.layout import LAYOUTS
 from ..metrics import median_of
 from .common import SuiteContext, figure, markdown_table, pyplot, real_state, save_figure
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 
 from ..codecs import codec, codec_names
+from ..codecs.layout import LAYOUTS
 from ..data import eval_text
 from ..engine import Engine
 from ..errors import KVCPUError
-from ..layout import LAYOUTS
 from ..quality import compare, continuation_logits
 from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 

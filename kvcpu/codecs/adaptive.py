@@ -21,10 +21,10 @@ import numpy as np
 
 from .. import kernels
 from ..errors import CodecError
-from ..layout import LayoutSpec
 from ..state import KVState
 from .base import CompressedKV, codec, register
 from .ecq import EntropyCodedCodec
+from .layout import LayoutSpec
 from .quantized import GroupQuantCodec
 from .tensorwise import TensorCodec
 

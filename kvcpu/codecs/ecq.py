@@ -24,8 +24,8 @@ import zstandard
 
 from .. import kernels
 from ..errors import CodecError
-from ..layout import LayoutSpec
 from .base import register
+from .layout import LayoutSpec
 from .tensorwise import TensorCodec
 
 # Matches of 7 bytes or more among quantization codes are too rare to pay for looking:

@@ -23,8 +23,8 @@ from functools import partial
 
 import numpy as np
 
-from .errors import CodecError
-from .workers import run_jobs
+from ..errors import CodecError
+from ..workers import run_jobs
 
 ALIGN = 64
 LAYOUTS = ("aligned", "blocked", "columnar", "interleaved")

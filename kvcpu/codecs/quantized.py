@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import CodecError
-from ..layout import LayoutSpec
+from .layout import LayoutSpec
 from .tensorwise import TensorCodec, refuse_nonfinite
 
 _OTHER_AXIS = {"token": "channel", "channel": "token"}
@@ -53,7 +53,7 @@ class GroupQuantCodec(TensorCodec):
 
     def fit_geometry(self, head_dim: int) -> None:
         """Rotate within the model's heads: 64 channels crossed the head boundaries of a head of
-        96 and were refused for a head of 80 (the architecture matrix, tests/test_arch.py)."""
+        96 and were refused for a head of 80 (the architecture matrix, tests/test_families.py)."""
         if head_dim and self._p["rotate"] and "head_dim" not in self._given:
             self._p["head_dim"] = kernels.rotation_size(head_dim)
 

@@ -17,8 +17,8 @@ from threadpoolctl import threadpool_limits
 
 from .. import kernels
 from ..errors import CodecError
-from ..layout import LayoutSpec
 from .base import register
+from .layout import LayoutSpec
 from .tensorwise import TensorCodec
 
 FACTOR_TYPES = ("f16", "int8")

@@ -14,10 +14,10 @@ import numpy as np
 from .. import kernels
 from ..errors import CodecError
 from ..ggml_types import BY_ID, BY_NAME
-from ..layout import LayoutSpec, pack, reserve, unpack
 from ..state import CacheBlock, CellStream, KVState, Tensor
 from ..workers import run_jobs
 from .base import Codec, CompressedKV, f16_kv_bytes
+from .layout import LayoutSpec, pack, reserve, unpack
 
 F16, F32, BF16 = BY_NAME["f16"].id, BY_NAME["f32"].id, BY_NAME["bf16"].id
 _CELL_FIELDS = ("positions", "n_seq", "seq_ids")

@@ -66,3 +66,48 @@ def _unpack_codes(packed, bits, offset, q):
             b = np.int32(packed[i, full])
             for s in range(e - full * per_byte):
                 q[i, full * per_byte + s] = np.int8(((b >> (s * bits)) & mask) - offset)
+
+
+# -- public entry points: validate, allocate, call the kernels above --
+
+PACKABLE_BITS = (1, 2, 4)
+
+
+def packed_width(n_cols: int, bits: int) -> int:
+    """Bytes per row of n_cols codes of `bits` bits."""
+    return -(-n_cols * bits // 8)
+
+
+def pack_codes(q: np.ndarray, bits: int, offset: int) -> np.ndarray:
+    """q: (n, e) int8 codes in [-offset, 2**bits - offset) -> (n, packed_width(e, bits)) uint8."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"bits must be one of {PACKABLE_BITS}, not {bits}")
+    q = np.ascontiguousarray(q, dtype=np.int8)
+    if q.ndim != 2:
+        raise ValueError(f"expected (n, e) codes, got shape {q.shape}")
+    out = np.empty((q.shape[0], packed_width(q.shape[1], bits)), dtype=np.uint8)
+    if q.size:
+        _pack_codes(q, bits, offset, out)
+    return out
+
+
+def unpack_codes(packed: np.ndarray, n_cols: int, bits: int, offset: int) -> np.ndarray:
+    """packed: (n, packed_width(n_cols, bits)) uint8 -> (n, n_cols) int8 codes."""
+    if bits not in PACKABLE_BITS:
+        raise ValueError(f"bits must be one of {PACKABLE_BITS}, not {bits}")
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.ndim != 2 or packed.shape[1] != packed_width(n_cols, bits):
+        raise ValueError(f"packed shape {packed.shape} does not hold {n_cols} columns of {bits} bits")
+    q = np.empty((packed.shape[0], n_cols), dtype=np.int8)
+    if q.size:
+        _unpack_codes(packed, bits, offset, q)
+    return q
+
+
+def pack_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    """Two 4-bit codes per byte: pack_codes(q, 4, offset)."""
+    return pack_codes(q, 4, offset)
+
+
+def unpack_nibbles(packed: np.ndarray, n_cols: int, offset: int) -> np.ndarray:
+    return unpack_codes(packed, n_cols, 4, offset)

@@ -16,6 +16,10 @@ def run(server: Server) -> None:
     import uvicorn
 
     class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            server.begin_shutdown()
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self):
             # uvicorn re-raises the signal once it has shut down, so that a clean stop would end

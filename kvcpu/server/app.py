@@ -12,7 +12,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import models
+from ..background import BackgroundStore
 from ..engine import Engine, EngineConfig, default_threads
 from ..errors import KVCPUError
-from ..store import KVStore
-from ..turn import BackgroundStore
+from ..store import StoreConfig
 from . import protocol as p
 from .pool import EnginePool, Failed, Finished, Job, Started, Text
 from .telemetry import CONTENT_TYPE, Telemetry
@@ -33,6 +33,7 @@ from .telemetry import CONTENT_TYPE, Telemetry
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.5  # how often a whole (non-streamed) answer in the making checks its client is there
+SHUTDOWN_MARGIN_S = 1.0  # streams end this long before the shutdown's grace is up, to send their last events
 
 
 @dataclass(frozen=True)
@@ -42,25 +43,18 @@ class ServeConfig:
     model: str = models.DEFAULT_MODEL
     host: str = "127.0.0.1"
     port: int = 8000
-    codec: str = "int8"
-    budget_mb: int = 512
-    store_dir: Path | None = None  # None: $KVCPU_HOME/serve
-    disk_budget_mb: int | None = None  # None: half of the store's entries and the free space
-    policy: str = "hybrid"
+    store: StoreConfig = field(default_factory=StoreConfig)  # its disk_dir None: $KVCPU_HOME/serve
     n_ctx: int = 4096
     n_threads: int | None = None
     api_key: str | None = None
     parallel: int = 1
     max_queue: int = 32  # requests waiting for an engine; past this, 503
     max_body_bytes: int = 8 << 20
-    remote: str | None = None  # a Redis or Valkey URL: the tier hosts share
-    remote_namespace: str = "kvcpu"
-    remote_ttl_s: int | None = None
     graceful_shutdown_s: float = 10.0  # streams in flight at SIGTERM get this long, then are cut
 
     @property
     def store_path(self) -> Path:
-        return self.store_dir or models.kvcpu_home() / "serve"
+        return self.store.disk_dir or models.kvcpu_home() / "serve"
 
     @property
     def exposed(self) -> bool:
@@ -85,18 +79,16 @@ class Server:
         info = engines[0].info
         self.model_id = config.model if config.model in models.REGISTRY else Path(info.path).stem
         self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path}
-        self.store = KVStore(config.budget_mb << 20, policy=config.policy, disk_dir=config.store_path,
-                             codec=config.codec, remote=config.remote, remote_namespace=config.remote_namespace,
-                             remote_ttl_s=config.remote_ttl_s,
-                             disk_budget_bytes=config.disk_budget_mb << 20 if config.disk_budget_mb else None)
-        saver = BackgroundStore(self.store, config.codec, info.fingerprint, model_name=info.path)
-        self.pool = EnginePool(engines, saver, config.max_queue)
+        self.store = config.store.replace(disk_dir=config.store_path).open()
+        background = BackgroundStore(self.store, config.store.codec, info.fingerprint, model_name=info.path)
+        self.pool = EnginePool(engines, background, config.max_queue)
         self.telemetry = Telemetry(self.store, self.pool)
         self.created = int(Path(info.path).stat().st_mtime)
+        self.stop_by: float | None = None  # set by begin_shutdown
 
     def warm_up(self) -> None:
         """Each engine's first eval and the codec's kernels, before the first request."""
-        self.pool.warm_up(self.config.codec)
+        self.pool.warm_up(self.config.store.codec)
 
     def close(self) -> None:
         """Finish the turns in flight, store their states, and close the store and engines."""
@@ -191,26 +183,48 @@ class Server:
                                             event.turn.finish_reason, use))
 
     async def _stream(self, req: p.GenerationRequest, job: Job, rid: str, created: int, t0: float):
-        ttft = None
+        ttft, cut = None, False
         try:
             yield p.sse(p.chunk(req, rid, created, self.model_id, text="", first=True))
             while True:
-                event = await job.next()
+                event = await (job.next() if cut else self._next_before_shutdown(job))
+                if event is None:  # the shutdown's grace is running out: end the stream properly
+                    job.cancel()  # the turn stops at its next token and finishes
+                    cut = True
+                    continue
                 if isinstance(event, Text):
                     ttft = ttft or time.perf_counter() - t0
-                    yield p.sse(p.chunk(req, rid, created, self.model_id, text=event.text))
+                    if not cut:
+                        yield p.sse(p.chunk(req, rid, created, self.model_id, text=event.text))
                 elif isinstance(event, Failed):
                     yield p.sse(_as_api_error(event.error).body())
                     break
                 elif isinstance(event, Finished):
                     use = self._finished(event, ttft)
-                    yield p.sse(p.chunk(req, rid, created, self.model_id, finish_reason=event.turn.finish_reason))
+                    reason = "length" if cut else event.turn.finish_reason  # cut short, as by max_tokens
+                    yield p.sse(p.chunk(req, rid, created, self.model_id, finish_reason=reason))
                     if req.include_usage:
                         yield p.sse(p.chunk(req, rid, created, self.model_id, use=use))
                     break
             yield p.sse("[DONE]")
         finally:  # the client left, or the server is cutting streams: stop generating, keep the state
             job.cancel()
+
+    async def _next_before_shutdown(self, job: Job):
+        """The job's next event; None once a shutdown's grace is nearly spent, so that a stream
+        ends with its finish reason and [DONE] before the server cuts it."""
+        while True:
+            left = None if self.stop_by is None else self.stop_by - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            try:
+                return await asyncio.wait_for(job.next(), DISCONNECT_POLL_S if left is None else min(left, 0.1))
+            except asyncio.TimeoutError:
+                continue
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: streams in flight end, properly, before the grace period is up."""
+        self.stop_by = time.monotonic() + max(0.0, self.config.graceful_shutdown_s - SHUTDOWN_MARGIN_S)
 
     def _finished(self, event: Finished, ttft: float | None) -> dict:
         s = event.turn.stats
@@ -223,8 +237,9 @@ class Server:
         key = self.config.api_key
         if key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # RFC 7235: the scheme is case-insensitive ("bearer KEY" is as good as "Bearer KEY")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())):
             raise p.APIError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
                              type="invalid_request_error", code="invalid_api_key")
 

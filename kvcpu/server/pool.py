@@ -13,10 +13,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..background import BackgroundStore
 from ..engine import Engine, SamplingConfig
 from ..errors import KVCPUError
 from ..template import ChatFormat
-from ..turn import BackgroundStore, Turn, TurnRunner
+from ..turn import Turn, TurnRunner
 from .protocol import APIError, GenerationRequest
 
 
@@ -74,9 +75,10 @@ class _Worker:
 class EnginePool:
     """N engines over one model and one store, and the queue in front of them."""
 
-    def __init__(self, engines: list[Engine], saver: BackgroundStore, max_queue: int, keep_first: int = 32):
-        self.saver, self.max_queue = saver, max_queue
-        self.workers = [_Worker(e, TurnRunner(e, saver.store, saver, keep_first), i) for i, e in enumerate(engines)]
+    def __init__(self, engines: list[Engine], background: BackgroundStore, max_queue: int, keep_first: int = 32):
+        self.background, self.max_queue = background, max_queue
+        self.workers = [_Worker(e, TurnRunner(e, background.store, background, keep_first), i)
+                        for i, e in enumerate(engines)]
         self.n_ctx = engines[0].config.n_ctx
         self.waiting = 0  # requests queued for an engine
         self.busy = 0
@@ -122,7 +124,7 @@ class EnginePool:
     def close(self) -> None:
         for w in self.workers:
             w.thread.shutdown(wait=True)
-        self.saver.close()
+        self.background.close()
         for w in self.workers:
             w.engine.close()
 

@@ -12,23 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..errors import KVCPUError
+from ..errors import APIError
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-MAX_STOPS = 4
-
-
-class APIError(KVCPUError):
-    """An error answered with an HTTP status and OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+MAX_STOPS = 4  # as OpenAI allows
+MAX_STOP_CHARS = 256  # each; scanning is linear, but nobody's stop string is a page long
 
 
 @dataclass(frozen=True)
@@ -59,6 +47,8 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     return body
@@ -83,6 +73,8 @@ def parse_completion(body: dict) -> GenerationRequest:
         prompt = tuple(prompt)
     elif not isinstance(prompt, str) or not prompt:
         raise APIError(400, "'prompt' must be a non-empty string, or an array of token ids", param="prompt")
+    else:
+        _check_text(prompt, "prompt")
     return _common(body, messages=None, prompt=prompt, max_tokens=body.get("max_tokens"))
 
 
@@ -106,6 +98,7 @@ def _message(m, i: int) -> dict:
     if not isinstance(content, str):
         raise APIError(400, f"messages[{i}].content must be a string or an array of text parts",
                        param=f"messages[{i}].content")
+    _check_text(content, f"messages[{i}].content")
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
@@ -122,20 +115,36 @@ def _common(body: dict, *, messages, prompt, max_tokens) -> GenerationRequest:
     stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or len(stop) > MAX_STOPS or not all(isinstance(s, str) for s in stop):
         raise APIError(400, f"'stop' must be a string or an array of at most {MAX_STOPS} strings", param="stop")
+    for s in stop:
+        if len(s) > MAX_STOP_CHARS:
+            raise APIError(400, f"'stop' strings may be {MAX_STOP_CHARS} characters long at most, not {len(s):,}",
+                           param="stop")
+        _check_text(s, "stop")
     stream = _typed(body, "stream", bool, False)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", param="stream_options")
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise APIError(400, "'seed' must be an integer", param="seed")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+        raise APIError(400, f"'seed' must be an integer from 0 to 2**64 - 1, not {seed!r}", param="seed")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise APIError(400, "'user' must be a string", param="user")
+    if user is not None:
+        _check_text(user, "user")
     return GenerationRequest(
         model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         seed=seed, stop=tuple(stop), stream=stream, include_usage=bool(options.get("include_usage")), user=user)
+
+
+def _check_text(text: str, param: str) -> None:
+    """Text the tokenizer can take: UTF-8, so no lone surrogates (JSON's "\\ud800" escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"'{param}' is not valid Unicode text: {exc.reason} at character {exc.start}",
+                       param=param) from None
 
 
 def _is_int(v) -> bool:

@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import KVCPUError, SnapshotError
+from ..errors import SnapshotError, StoreDiskError
 from ..fileio import atomic_write
 from ..snapshot import Snapshot
 from .tiers import Tier
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 
 
 DISK_SHARE = 0.5  # the default disk budget: this share of the entries' bytes and the free space
-
-
-class StoreDiskError(KVCPUError):
-    """The store directory cannot be used: not writable, or the disk is full."""
 
 
 class DiskTier(Tier):

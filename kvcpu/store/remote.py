@@ -28,16 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import KVCPUError, SnapshotError
+from ..errors import KVCPUError, RemoteError, SnapshotError
 from ..snapshot import Snapshot
 from .keys import BLOCK_TOKENS, block_hashes, name_digest, tail_candidates
-from .tiers import Tier
 
 log = logging.getLogger(__name__)
-
-
-class RemoteError(KVCPUError):
-    """The remote tier's URL cannot be used (a malformed URL, no client library)."""
 
 
 @dataclass
@@ -65,9 +60,12 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-class RemoteTier(Tier):
-    """Snapshots and conversation records in one Redis or Valkey database: a tier without a
-    budget of its own (the server evicts), written through by whole snapshots."""
+class RemoteTier:
+    """Snapshots and conversation records in one Redis or Valkey database, shared by hosts.
+
+    Not a `Tier`: it has no budget or policy of its own (the server evicts), is written through
+    by whole snapshots, and is looked up by prefix over the network; the store calls it by
+    these methods alone."""
 
     name = "remote"
 
@@ -79,7 +77,6 @@ class RemoteTier(Tier):
             raise RemoteError("the remote tier needs the redis client: pip install redis") from exc
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise RemoteError(f"remote URL {redacted(url)!r} is not redis://, rediss:// or unix://")
-        super().__init__(None)
         self.url, self.ns, self.ttl_s, self.retry_s = url, namespace, ttl_s, retry_s
         self._errors = (redis.exceptions.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -220,17 +217,6 @@ class RemoteTier(Tier):
 
     def delete(self, key: str) -> None:
         self._call("delete", lambda: self.client.delete(self._entry(key)))
-
-    # the Tier face: bytes by key (a lookup by prefix is longest_prefix, a write-through put)
-
-    def _write(self, key: str, blob) -> None:
-        self._call("set", lambda: self.client.set(self._entry(key), bytes(blob), ex=self.ttl_s))
-
-    def _read(self, key: str) -> bytes | None:
-        return self._call("get", lambda: self.client.get(self._entry(key)), None)
-
-    def _remove(self, key: str) -> None:
-        self.delete(key)
 
     # -- conversation records -------------------------------------------------------------------
 

@@ -18,6 +18,11 @@ class Counters:
     disk_errors: int = 0
     remote_hits: int = 0
 
+    def totals(self) -> dict:
+        """What a disk tier adds to its directory's running totals."""
+        return {"lookups": self.lookups, "hits": self.hits, "puts": self.puts, "evictions": dict(self.evictions),
+                "demotions": dict(self.demotions), "disk_errors": self.disk_errors}
+
 
 def entries(store) -> list[dict]:
     """One row per entry: key, tokens, where it is, its codec and bytes per tier."""
@@ -34,6 +39,7 @@ def stats(store) -> dict:
     n, disk = store._n, store.disk
     bases = [k for k, e in store.index.entries.items() if e.shared_base]
     return {"entries": len(store.index), "ram_bytes": store.ram.used, "budget_bytes": store.ram.budget,
+            "ram_held_bytes": store.ram.reserved,
             "disk_bytes": disk.used if disk else 0, "disk_budget_bytes": disk.budget if disk else 0,
             "policy": store.policy_name, "lookups": n.lookups, "hits": n.hits, "hit_ratio": n.hits / max(n.lookups, 1),
             "puts": n.puts, "evictions": dict(n.evictions), "demotions": dict(n.demotions),

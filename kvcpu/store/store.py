@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..codecs import merges_cells
+from ..codecs import refuse_merged_cells
 from ..errors import KVCPUError
 from ..snapshot import Snapshot
 from . import report
@@ -26,7 +26,7 @@ from .index import Entry, Match, PrefixIndex
 from .keys import block_hashes
 from .remote import RemoteTier
 from .sharing import SharedSnapshot, Sharing
-from .sync import sync_from_disk
+from .sync import gc, sync_from_disk
 from .tiers import RamTier, Tier
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,22 @@ class KVStore:
     def budget(self) -> int:
         return self.ram.budget
 
+    def hold_ram(self, nbytes: int) -> None:
+        """Count bytes held in memory for the store (a state waiting to be encoded) against the
+        RAM budget, evicting to make room; release_ram gives them back."""
+        with self._lock:
+            self.ram.reserved += nbytes
+            self.enforce(self.ram)
+
+    def release_ram(self, nbytes: int) -> None:
+        with self._lock:
+            self.ram.reserved -= nbytes
+
+    @property
+    def directory(self):
+        """The disk tier's directory, or None for a store in RAM alone."""
+        return self.disk.root if self.disk is not None else None
+
     @property
     def used(self) -> int:
         return self.ram.used
@@ -95,12 +111,14 @@ class KVStore:
         if key in self.index and not any(t.holds(key) for t in self.tiers):
             self.unindex(key)
 
-    def enforce(self, tier: Tier) -> None:
+    def enforce(self, tier: Tier, demote: bool = True) -> None:
         """The one eviction loop: while over budget, demote the policy's victim down the ladder,
-        or when it is at the bottom, evict it from this tier."""
+        or when it is at the bottom, evict it from this tier. Without `demote` (opening, syncing
+        and tidying a directory) entries are only evicted whole, never rewritten: that needs no
+        free space, and a look at a store never lowers the quality of what it holds."""
         while tier.over_budget():
             victim = tier.policy.victim()
-            if self._demote(tier, victim):
+            if demote and self._demote(tier, victim):
                 continue
             tier.drop(victim)
             self._n.evictions[tier.name] += 1
@@ -117,6 +135,8 @@ class KVStore:
                                    meta=snap.meta).to_bytes()
         tier.resize(key, blob, rungs[0])
         self._n.demotions[f"{tier.name}:{codec}->{rungs[0]}"] += 1
+        log.info("demoted %s in %s: %s -> %s (%d -> %d bytes), to keep the tier in its budget", key, tier.name,
+                 codec, rungs[0], len(old), len(blob))
         return True
 
     @contextmanager
@@ -351,21 +371,9 @@ class KVStore:
             return report.entries(self)
 
     def gc(self, verify: bool = False) -> dict:
-        """Rescan the directory (removing temporary files of dead writers, quarantining unreadable
-        files), enforce the disk budget, and with verify=True read every file in full."""
-        if self.disk is None:
-            raise KVCPUError("gc needs a disk tier")
+        """Tidy the directory (sync.gc): leftovers, unreadable files, the budget; verify reads all."""
         with self._lock:
-            sync_from_disk(self)
-            bad = 0
-            if verify:
-                for key in [k for k in self.index if self.disk.holds(k)]:
-                    if self.disk.read(key) is None:
-                        self.disk.drop(key, keep_bytes=True)
-                        self.unindex_if_gone(key)
-                        bad += 1
-            return {"entries": len(self.index), "disk_bytes": self.disk.used, "dropped_unreadable": bad,
-                    "quarantined": self.disk.quarantined}
+            return gc(self, verify)
 
     def stats(self) -> dict:
         """Entries, bytes and budgets per tier, lookups and hits, evictions, demotions, sharing."""
@@ -376,10 +384,7 @@ class KVStore:
         """Forget the RAM tier; with a disk tier, add this process's counters to its totals."""
         with self._lock:
             if self.disk is not None and self.disk._lock_fd is not None:
-                n = self._n
-                self.disk.add_counters({"lookups": n.lookups, "hits": n.hits, "puts": n.puts,
-                                        "evictions": dict(n.evictions), "demotions": dict(n.demotions),
-                                        "disk_errors": n.disk_errors})
+                self.disk.add_counters(self._n.totals())
                 self.disk.close()
             self.index = PrefixIndex()  # nothing is held any more
             self.sharing = Sharing(self)
@@ -393,11 +398,3 @@ class KVStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def refuse_merged_cells(codec_name: str) -> None:
-    """A codec that merges cells (cluster) holds fewer cells than tokens: prefix cuts, shared
-    bases and keys all count tokens, so the store refuses it rather than misread it."""
-    if merges_cells(codec_name):
-        raise KVCPUError(f"codec {codec_name!r} merges cells, so its snapshots cannot be cut at a token; "
-                         "the store does not keep them (use it for single snapshots: Snapshot.save)")

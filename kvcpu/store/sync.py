@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import KVCPUError
 from .index import Entry
 
 
@@ -27,7 +28,7 @@ def sync_from_disk(store) -> None:
             store.holding_bases = False
         for key in [k for k, e in store.index.entries.items() if e.shared_base and e.dependents == 0]:
             store.drop_everywhere(key)  # a base whose dependents are all gone
-        store.enforce(disk)
+        store.enforce(disk, demote=False)  # whole entries only: no free space needed, nothing rewritten
 
 
 def _forget_changed(store, found: dict) -> None:
@@ -63,3 +64,20 @@ def _add_file(store, key: str, info: dict) -> None:
         if base is not None:
             index[base].dependents += 1
     disk.register(key, info["size"], info["codec"], index[key].cost, ordered=not shared)
+
+
+def gc(store, verify: bool = False) -> dict:
+    """Rescan the directory (removing temporary files of dead writers, quarantining unreadable
+    files), enforce the disk budget, and with verify=True read every file in full."""
+    if store.disk is None:
+        raise KVCPUError("gc needs a disk tier")
+    sync_from_disk(store)
+    bad = 0
+    if verify:
+        for key in [k for k in store.index if store.disk.holds(k)]:
+            if store.disk.read(key) is None:
+                store.disk.drop(key, keep_bytes=True)
+                store.unindex_if_gone(key)
+                bad += 1
+    return {"entries": len(store.index), "disk_bytes": store.disk.used, "dropped_unreadable": bad,
+            "quarantined": store.disk.quarantined}

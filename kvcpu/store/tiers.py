@@ -103,6 +103,10 @@ class RamTier(Tier):
     def __init__(self, budget: int, policy: str = "lru"):
         super().__init__(budget, policy)
         self.blobs: dict[str, bytes] = {}
+        self.reserved = 0  # bytes of states in memory on their way into the store (KVStore.hold_ram)
+
+    def over_budget(self) -> bool:
+        return self.used + self.reserved > self.budget and bool(self.ordered)
 
     def _write(self, key: str, blob) -> None:
         self.blobs[key] = blob
