@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import kernels
 from .errors import KVCPUError
 from .snapshot import Snapshot
@@ -66,18 +64,20 @@ class BackgroundStore:
         self.last: StoreStats | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvcpu-store",
                                             initializer=_lower_priority)
-        self._pending: list[tuple[np.ndarray, Future, object]] = []  # (tokens, job, KVState)
+        self._pending: list[tuple] = []  # (tokens, job, KVState, fingerprint)
         self._lock = threading.Lock()
         # Turns restoring and prefilling now (held), and callers waiting for stores (waiters).
         self._gate = threading.Condition()
         self._holds = self._waiters = 0
 
     def submit(self, state, label: str, owner=None, meta: dict | None = None,
-               replaces: list[int] | None = None) -> None:
+               replaces: list[int] | None = None, fingerprint: str | None = None) -> None:
         """Store `state` in the background; when states come faster than they are stored,
         first wait for the oldest, so that at most MAX_PENDING_STORES are held. `replaces`: the
         tokens of the entry this state succeeds (the conversation's last, after a context
-        shift), dropped once the new one is in."""
+        shift), dropped once the new one is in. `fingerprint`: the model's, or one scoped to a
+        tenant (keys.scoped_fingerprint); by default the model's."""
+        fingerprint = fingerprint or self.fingerprint
         with self._lock:
             live = self._live()
             oldest = live[0][1] if len(live) >= MAX_PENDING_STORES else None
@@ -85,22 +85,24 @@ class BackgroundStore:
             with self._waiting():
                 _result_of(oldest)
         self.store.hold_ram(state.nbytes)
-        future = self._executor.submit(self._store, state, label, owner, meta or {}, replaces)
+        future = self._executor.submit(self._store, state, label, owner, meta or {}, replaces, fingerprint)
         with self._lock:
-            self._pending.append((state.tokens, future, state))
+            self._pending.append((state.tokens, future, state, fingerprint))
 
-    def _live(self) -> list[tuple[np.ndarray, Future, object]]:
+    def _live(self) -> list[tuple]:
         """The jobs not done yet (the finished ones are let go); call with the lock held."""
         self._pending = [p for p in self._pending if not p[1].done()]
         return self._pending
 
-    def pending_state(self, prompt: Sequence[int], held: int):
+    def pending_state(self, prompt: Sequence[int], held: int, fingerprint: str | None = None):
         """(state, n): the pending state sharing the most of `prompt`, n tokens of it, when that
         is more than the `held` tokens the engine has; else None. The newest wins a tie. The
         state is still in memory: its buffer stays alive while the caller holds it."""
         with self._lock:
             best, best_n = None, held
-            for tokens, _, state in self._live():
+            for tokens, _, state, fp in self._live():
+                if fp != (fingerprint or self.fingerprint):
+                    continue  # another model's, or another tenant's
                 n = common_prefix_length(tokens, prompt)
                 if n >= best_n and n > held:
                     best, best_n = state, n
@@ -110,7 +112,7 @@ class BackgroundStore:
         """States held in memory until they are stored: how many, and their bytes."""
         with self._lock:
             live = self._live()
-            return {"pending_states": len(live), "pending_bytes": sum(s.nbytes for *_, s in live)}
+            return {"pending_states": len(live), "pending_bytes": sum(p[2].nbytes for p in live)}
 
     def run(self, fn: Callable, *args) -> Future:
         """Run other work (a warm-up) on the store's thread, in order with the stores."""
@@ -121,7 +123,7 @@ class BackgroundStore:
         with self._lock:
             pending, self._pending = self._pending, []
         with self._waiting():
-            for _, future, _ in pending:
+            for _, future, *_ in pending:
                 _result_of(future)
 
     @contextlib.contextmanager
@@ -156,17 +158,17 @@ class BackgroundStore:
         self.flush()
         self._executor.shutdown(wait=True)
 
-    def _store(self, state, label: str, owner, meta: dict, replaces) -> None:
+    def _store(self, state, label: str, owner, meta: dict, replaces, fingerprint: str) -> None:
         with self._gate:
             self._gate.wait_for(lambda: self._holds or self._waiters, timeout=GRACE_S)
             self._gate.wait_for(lambda: not self._holds or self._waiters, timeout=HOLD_S)
         t0 = time.perf_counter()
         kernels.use_threads(1)  # leave the other core to llama.cpp, which may be prefilling
         try:
-            snap = Snapshot.from_state(state, self.fingerprint, self.codec, model_name=self.model_name, meta=meta)
+            snap = Snapshot.from_state(state, fingerprint, self.codec, model_name=self.model_name, meta=meta)
             key = self.store.put(snap, cost=len(state.tokens) / PREFILL_TOKENS_PER_S, owner=owner)
             nbytes = self.store.stored_bytes(key)
-            self._drop_replaced(replaces, key)
+            self._drop_replaced(replaces, key, fingerprint)
         except KVCPUError as exc:
             log.warning("could not store the state of %s: %s", _named(label, state), exc)
             nbytes = 0
@@ -177,8 +179,8 @@ class BackgroundStore:
             self.store.release_ram(state.nbytes)
         self.last = StoreStats(label, len(state.tokens), (time.perf_counter() - t0) * 1e3, nbytes)
 
-    def _drop_replaced(self, replaces, key: str) -> None:
-        old = self.store.lookup_exact(replaces, self.fingerprint) if replaces else None
+    def _drop_replaced(self, replaces, key: str, fingerprint: str) -> None:
+        old = self.store.lookup_exact(replaces, fingerprint) if replaces else None
         if old is not None and old != key and not self.store.is_shared(old):
             self.store.delete(old)
 

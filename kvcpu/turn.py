@@ -26,7 +26,7 @@ from .errors import ContextFullError, KVCPUError
 from .snapshot import Snapshot
 from .stops import StopScanner
 from .store import KVStore
-from .store.keys import common_prefix_length
+from .store.keys import common_prefix_length, scoped_fingerprint
 from .store.sharing import SharedSnapshot
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,10 @@ class Turn:
 
     def __init__(self, runner: TurnRunner, prompt: list[int], max_tokens: int, sampling: SamplingConfig,
                  stop: Sequence[str], finish: Callable[[str], Sequence[int]] | None, label: str, owner,
-                 replaces: Sequence[int] | None = None):
+                 replaces: Sequence[int] | None = None, scope: str | None = None):
         self.runner, self.prompt, self.max_tokens, self.sampling = runner, prompt, max_tokens, sampling
         self.stop, self.finish, self.label, self.owner, self.replaces = stop, finish, label, owner, replaces
+        self.fingerprint = scoped_fingerprint(runner.fingerprint, scope)
         self.reply = ""
         self.finish_reason = "stop"
         self.stats: TurnStats | None = None
@@ -113,7 +114,7 @@ class Turn:
         runner, eng = self.runner, self.runner.engine
         t0 = time.perf_counter()
         with runner.background.held():  # the previous turn's state is stored during this one's generation
-            restored, restore = runner.restore(self.prompt)
+            restored, restore = runner.restore(self.prompt, self.fingerprint)
             shifted = runner.make_room(self.prompt, restored, self.max_tokens)
             prompt = eng.tokens + self.prompt[restored:] if shifted else self.prompt
             base = eng.n_past
@@ -178,7 +179,8 @@ class Turn:
         if self.tokens:
             meta = {"conversation": self.label} if self.label else None
             # get_state copies: the engine goes on while the background store encodes the copy
-            self.runner.background.submit(eng.get_state(), self.label, self.owner, meta, self.replaces)
+            self.runner.background.submit(eng.get_state(), self.label, self.owner, meta, self.replaces,
+                                          self.fingerprint)
         return (time.perf_counter() - t0) * 1e3
 
 
@@ -188,30 +190,36 @@ class TurnRunner:
     def __init__(self, engine: Engine, store: KVStore, background: BackgroundStore, keep_first: int = 32):
         self.engine, self.store, self.background, self.keep_first = engine, store, background, keep_first
         self.fingerprint = engine.info.fingerprint
+        self.held_fingerprint = self.fingerprint  # whose tokens the engine holds: the model's, or a scope's
         self.last_turn: TurnStats | None = None
 
     def start(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingConfig | None = None, *,
               stop: Sequence[str] = (), finish: Callable[[str], Sequence[int]] | None = None, label: str = "",
-              owner=None, replaces: Sequence[int] | None = None) -> Turn:
+              owner=None, replaces: Sequence[int] | None = None, scope: str | None = None) -> Turn:
         """A turn answering `prompt` (token ids, BOS included). `finish(reply)` returns the tokens
         the stored state is to hold: the prompt, the reply and the template's closing tokens.
-        `replaces`: the tokens of the entry the new state succeeds, dropped once it is stored."""
+        `replaces`: the tokens of the entry the new state succeeds, dropped once it is stored.
+        `scope`: a tenant (a user, an API key) whose KV is reused only by its own turns."""
         if max_tokens < 1:
             raise KVCPUError(f"max_tokens must be at least 1, not {max_tokens}")
         if not prompt:
             raise KVCPUError("the prompt has no tokens")
         return Turn(self, list(prompt), max_tokens, sampling or SamplingConfig(), stop, finish, label, owner,
-                    replaces)
+                    replaces, scope)
 
-    def restore(self, prompt: list[int]) -> tuple[int, dict]:
+    def restore(self, prompt: list[int], fingerprint: str | None = None) -> tuple[int, dict]:
         """Load the longest known prefix of the prompt: what the engine holds, a state still on
         its way into the store (exact, from memory, never waited for), or a stored snapshot;
-        returns (tokens restored, TurnStats' restore timings)."""
+        returns (tokens restored, TurnStats' restore timings). `fingerprint`: the model's, or
+        one scoped to a tenant, whose entries alone (and whose tokens in the engine) count."""
         t0 = time.perf_counter()
-        common = common_prefix_length(self.engine.tokens, prompt)
-        pending = self.background.pending_state(prompt[:-1], common)  # at least one token to eval
+        fingerprint = fingerprint or self.fingerprint
+        mine = fingerprint == self.held_fingerprint  # another tenant's tokens in the engine are not reused
+        self.held_fingerprint = fingerprint
+        common = common_prefix_length(self.engine.tokens, prompt) if mine else 0
+        pending = self.background.pending_state(prompt[:-1], common, fingerprint)  # at least one token to eval
         t1 = time.perf_counter()
-        match = self.store.longest_prefix(prompt[:-1], self.fingerprint)
+        match = self.store.longest_prefix(prompt[:-1], fingerprint)
         times = {"waited_ms": 0.0, "lookup_ms": (time.perf_counter() - t1) * 1e3}
         if pending is not None and (match is None or pending[1] >= match.n_tokens):
             return self._restore_pending(*pending, t0, times)
@@ -223,7 +231,7 @@ class TurnRunner:
             snap = self.store.get(match.key)
             t2 = time.perf_counter()
             with kernels.threads(1):  # llama.cpp's threads are still on both cores
-                state = snap.decode(self.fingerprint, n_tokens=match.n_tokens)
+                state = snap.decode(fingerprint, n_tokens=match.n_tokens)
             t3 = time.perf_counter()
             self.engine.set_state(state)
             t4 = time.perf_counter()

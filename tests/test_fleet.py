@@ -15,6 +15,8 @@ from kvcpu.data import eval_text
 
 TESTS = Path(__file__).resolve().parent
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the fixture
+
 
 @pytest.fixture(scope="module")
 def redis_server():

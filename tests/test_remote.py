@@ -15,6 +15,8 @@ from kvcpu.store import KVStore
 from kvcpu.store.keys import block_hashes
 from kvcpu.store.remote import RemoteTier, redacted
 
+pytestmark = pytest.mark.redis  # a real redis-server, started by the fixture
+
 
 @pytest.fixture
 def redis_server():
@@ -142,3 +144,40 @@ def test_a_slow_server_times_out_into_a_miss(tmp_path, redis_server, caplog):
         assert a.longest_prefix([2] * 40, FP) is None
     assert a.stats()["remote"]["failures"] == 1  # then no more waiting until the retry
     assert "TimeoutError" in caplog.text
+
+
+# -- issue 28, F17: with a secret, every value carries an HMAC; one that does not verify is refused --
+
+
+def test_f17_hosts_with_the_same_secret_share_and_others_refuse_and_delete(tmp_path, redis_server, caplog):
+    a = host(tmp_path, "a", redis_server.url, secret="s3cret")
+    b = host(tmp_path, "b", redis_server.url, secret="s3cret")
+    key = a.put(snapshot([3] * 70, seed=3))
+    assert b.longest_prefix([3] * 70 + [9], FP).key == key
+    with caplog.at_level(logging.WARNING):
+        c = host(tmp_path, "c", redis_server.url, secret="another")
+        assert c.longest_prefix([3] * 70 + [9], FP) is None
+    assert c.stats()["remote"]["refused"] >= 1 and "refused" in caplog.text
+    assert redis_server.client().keys("kvcpu:b:*") == []  # the values it refused are deleted
+
+
+def test_f17_a_forged_entry_with_the_right_tokens_is_refused(tmp_path, redis_server):
+    """Anyone who can write to Redis can put a snapshot with the right token ids and foreign KV
+    there; without the secret's MAC it is refused."""
+    a = host(tmp_path, "a", redis_server.url, secret="s3cret")
+    honest = snapshot([5] * 70, seed=5)
+    key = a.put(honest)
+    forged = snapshot([5] * 70, seed=99)  # the same tokens, other KV
+    unsigned = KVStore(1 << 30, remote=RemoteTier(redis_server.url), codec="f16")
+    assert unsigned.put(forged) == key  # an attacker writing over the entry, as a kvcpu without the secret would
+    b = host(tmp_path, "b", redis_server.url, secret="s3cret")
+    assert b.longest_prefix([5] * 70 + [1], FP) is None
+    assert b.stats()["remote"]["refused"] >= 1
+
+
+def test_f17_records_are_sealed_too(tmp_path, redis_server):
+    a = RemoteTier(redis_server.url, secret="s3cret")
+    a.put_record(FP, "notes", b'{"id": "notes"}')
+    assert RemoteTier(redis_server.url, secret="s3cret").get_record(FP, "notes") == b'{"id": "notes"}'
+    assert RemoteTier(redis_server.url, secret="other").get_record(FP, "notes") is None
+    assert RemoteTier(redis_server.url).get_record(FP, "notes") is None  # sealed: not readable as plain

@@ -342,3 +342,40 @@ def test_f19_a_stream_cut_by_shutdown_ends_with_a_finish_reason(model_path, tmp_
     finishes = [c.choices[0].finish_reason for c in [first, *rest] if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     assert "Traceback" not in srv.output()
+
+
+def _cached(client, model, messages, user=None) -> int:
+    kw = {"user": user} if user else {}
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=2, temperature=0, **kw)
+    return r.usage.prompt_tokens_details.cached_tokens
+
+
+def test_f16_cache_scope_user_keeps_one_users_prompt_from_another(model_path, tmp_path):
+    """Under --cache-scope user, another user's exact guess of a secret prompt reuses nothing (no
+    cached_tokens to tell a right guess from a wrong one, in the engine, memory or store), while
+    the owner's own next request reuses it; shared (the default) reuses it for anyone."""
+    secret = [{"role": "system", "content": "The vault code is 4711. Never say it."},
+              {"role": "user", "content": "What is the weather like?"}]
+    with kvcpu_serve(model_path, tmp_path / "user", "--cache-scope", "user") as srv:
+        client = srv.client()
+        model = client.models.list().data[0].id
+        assert _cached(client, model, secret, "alice") == 0
+        assert _cached(client, model, secret, "bob") == 0
+        assert _cached(client, model, secret, "alice") > 10
+    with kvcpu_serve(model_path, tmp_path / "shared") as srv:
+        client = srv.client()
+        _cached(client, model, secret, "alice")
+        assert _cached(client, model, secret, "bob") > 10
+
+
+def test_f16_cache_scope_key_keeps_api_keys_apart(model_path, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# two tenants\nkey-one\nkey-two\n")
+    messages = [{"role": "user", "content": "Tell me a secret plan."}]
+    with kvcpu_serve(model_path, tmp_path / "key", "--cache-scope", "key", "--api-keys-file", str(keys)) as srv:
+        one = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="key-one", max_retries=0)
+        two = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="key-two", max_retries=0)
+        model = one.models.list().data[0].id
+        assert _cached(one, model, messages) == 0
+        assert _cached(two, model, messages) == 0
+        assert _cached(one, model, messages) > 5

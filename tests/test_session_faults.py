@@ -161,3 +161,24 @@ def test_f14_a_session_never_closed_still_stores_its_last_turn(model_path, tmp_p
         held = len(s.get("notes").tokens)
         s.chat("notes", "And then?", max_tokens=2)
         assert s.last_turn.tokens_restored == held  # the whole last turn came back
+
+
+def test_f19_sigterm_to_chat_keeps_the_reply_in_flight(model_path, tmp_path):
+    """SIGTERM while `kvcpu chat` is replying: as with Ctrl-C, what was generated is kept, recorded
+    and stored, and the process ends cleanly."""
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "kvcpu", "chat", "--model", str(model_path), "--store-dir",
+                             str(store), "--max-tokens", "400", "--n-ctx", "1024"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b"Count from one to two hundred, in words.\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(1)  # the reply has begun
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    with reopen(model_path, tmp_path) as s:
+        conv = s.get("default")
+        assert conv.messages[-1]["role"] == "assistant" and conv.messages[-1]["content"].strip()
+        held = len(conv.tokens)
+        s.chat("default", "Go on.", max_tokens=2)
+        assert s.last_turn.tokens_restored == held  # its state was stored whole

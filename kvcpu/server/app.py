@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -33,6 +34,7 @@ from .telemetry import CONTENT_TYPE, Telemetry
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.5  # how often a whole (non-streamed) answer in the making checks its client is there
+CACHE_SCOPES = ("shared", "user", "key")
 SHUTDOWN_MARGIN_S = 1.0  # streams end this long before the shutdown's grace is up, to send their last events
 
 
@@ -46,7 +48,8 @@ class ServeConfig:
     store: StoreConfig = field(default_factory=StoreConfig)  # its disk_dir None: $KVCPU_HOME/serve
     n_ctx: int = 4096
     n_threads: int | None = None
-    api_key: str | None = None
+    api_keys: tuple[str, ...] = ()  # any of them opens the API; none: no key needed
+    cache_scope: str = "shared"  # whose KV a request may reuse: everyone's, its `user`'s, its API key's
     parallel: int = 1
     max_queue: int = 32  # requests waiting for an engine; past this, 503
     max_body_bytes: int = 8 << 20
@@ -55,6 +58,12 @@ class ServeConfig:
     @property
     def store_path(self) -> Path:
         return self.store.disk_dir or models.kvcpu_home() / "serve"
+
+    def __post_init__(self):
+        if self.cache_scope not in CACHE_SCOPES:
+            raise KVCPUError(f"cache_scope must be one of {CACHE_SCOPES}, not {self.cache_scope!r}")
+        if self.cache_scope == "key" and not self.api_keys:
+            raise KVCPUError("--cache-scope key needs API keys (--api-key or --api-keys-file)")
 
     @property
     def exposed(self) -> bool:
@@ -147,10 +156,10 @@ class Server:
 
     async def _generate(self, request: Request, parse) -> Response:
         t0 = time.perf_counter()
-        self._authorize(request)
+        key = self._authorize(request)
         req = parse(p.parse_json(await self._read_body(request)))
         self._check_model(req.model)
-        job = await self.pool.submit(req)
+        job = await self.pool.submit(req, self._scope(req, key))
         first = await job.next()
         if isinstance(first, Failed):
             raise _as_api_error(first.error)
@@ -233,15 +242,26 @@ class Server:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _authorize(self, request: Request) -> None:
-        key = self.config.api_key
-        if key is None:
-            return
+    def _authorize(self, request: Request) -> str | None:
+        """The API key the request carries, checked against the server's; None when none is needed."""
+        if not self.config.api_keys:
+            return None
         scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
         # RFC 7235: the scheme is case-insensitive ("bearer KEY" is as good as "Bearer KEY")
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())):
+        given = given.strip().encode()
+        matches = [hmac.compare_digest(given, key.encode()) for key in self.config.api_keys]  # each compared
+        if scheme.lower() != "bearer" or not any(matches):
             raise p.APIError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
                              type="invalid_request_error", code="invalid_api_key")
+        return self.config.api_keys[matches.index(True)]
+
+    def _scope(self, req: p.GenerationRequest, key: str | None) -> str | None:
+        """The tenant whose KV this request may reuse (--cache-scope); None: everyone's."""
+        if self.config.cache_scope == "user":
+            return f"user:{req.user or ''}"  # requests without `user` share one scope
+        if self.config.cache_scope == "key":
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()
+        return None
 
     def _check_model(self, name: str) -> None:
         if name not in self.model_names:

@@ -91,8 +91,9 @@ class EnginePool:
                 self._free.put_nowait(w)
         return self._free
 
-    async def submit(self, req: GenerationRequest) -> Job:
-        """Queue a request for the next free engine and start it there; a full queue answers 503."""
+    async def submit(self, req: GenerationRequest, scope: str | None = None) -> Job:
+        """Queue a request for the next free engine and start it there; a full queue answers 503.
+        `scope`: the tenant whose KV it may reuse (None: everyone's)."""
         free = self._free_queue()
         if free.empty() and self.waiting >= self.max_queue:
             raise APIError(503, f"the server is busy: {self.waiting} requests are queued already; retry later",
@@ -113,7 +114,7 @@ class EnginePool:
             self.busy -= 1
             free.put_nowait(worker)
 
-        done = loop.run_in_executor(worker.thread, _drive, worker, req, self.n_ctx, emit, job.cancelled)
+        done = loop.run_in_executor(worker.thread, _drive, worker, req, self.n_ctx, emit, job.cancelled, scope)
         done.add_done_callback(release)
         return job
 
@@ -129,10 +130,11 @@ class EnginePool:
             w.engine.close()
 
 
-def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: threading.Event) -> None:
+def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: threading.Event,
+           scope: str | None) -> None:
     """On the engine's thread: tokenize, check the context, run the turn, emit its pieces."""
     try:
-        turn, n_prompt, max_tokens = _start(worker, req, n_ctx)
+        turn, n_prompt, max_tokens = _start(worker, req, n_ctx, scope)
     except (KVCPUError, ValueError) as exc:
         emit(Failed(exc))
         return
@@ -151,7 +153,7 @@ def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: th
     emit(Finished(turn, n_prompt))
 
 
-def _start(worker: _Worker, req: GenerationRequest, n_ctx: int) -> tuple[Turn, int, int]:
+def _start(worker: _Worker, req: GenerationRequest, n_ctx: int, scope: str | None) -> tuple[Turn, int, int]:
     eng = worker.engine
     if req.is_chat:
         messages = list(req.messages)
@@ -182,5 +184,6 @@ def _start(worker: _Worker, req: GenerationRequest, n_ctx: int) -> tuple[Turn, i
                        param="max_tokens", code="context_length_exceeded")
     max_tokens = req.max_tokens or room
     sampling = SamplingConfig(req.temperature, top_p=req.top_p, seed=req.seed)
-    turn = worker.runner.start(prompt, max_tokens, sampling, stop=req.stop, finish=finish, owner=req.user)
+    turn = worker.runner.start(prompt, max_tokens, sampling, stop=req.stop, finish=finish, owner=req.user,
+                               scope=scope)
     return turn, len(prompt), max_tokens

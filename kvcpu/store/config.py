@@ -45,6 +45,11 @@ class StoreConfig:
     remote_ttl_s: int | None = field(default=None, metadata=_flag(
         "Let Redis expire kvcpu's keys after this long [default: its maxmemory policy alone].",
         flag="--remote-ttl", metavar="SECONDS", minimum=1))
+    remote_secret: str | None = field(default=None, repr=False, metadata=_flag(
+        "Seal every value kvcpu writes to the remote tier with an HMAC under this secret, and refuse "
+        "(and delete) any that does not verify: hosts with another secret, or anyone else who can write "
+        "to Redis, cannot change what this host restores [env KVCPU_REMOTE_SECRET].", metavar="SECRET",
+        envvar="KVCPU_REMOTE_SECRET"))
 
     def replace(self, **changes) -> StoreConfig:
         return dataclasses.replace(self, **changes)
@@ -58,7 +63,7 @@ class StoreConfig:
         if self.remote:
             from .remote import RemoteTier
 
-            remote = RemoteTier(self.remote, self.remote_namespace, self.remote_ttl_s)
+            remote = RemoteTier(self.remote, self.remote_namespace, self.remote_ttl_s, secret=self.remote_secret)
         kw = {"policy": self.policy, "codec": self.codec, "remote": remote}
         try:
             return KVStore(self.budget_bytes, disk_dir=self.disk_dir, disk_budget_bytes=self.disk_budget_bytes, **kw)
@@ -88,7 +93,7 @@ def click_options(default_dir: str):
             else:
                 kind = str
             fn = click.option(name, f"store_{f.name}", type=kind, default=default, metavar=meta["metavar"],
-                              envvar=meta["envvar"], show_default=default is not None,
+                              envvar=meta["envvar"], show_default=default is not None, show_envvar=False,
                               help=meta["help"].format(default_dir=default_dir))(fn)
         return fn
 

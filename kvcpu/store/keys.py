@@ -66,3 +66,11 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         return 0
     diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(diff[0]) if len(diff) else n
+
+
+def scoped_fingerprint(fingerprint: str, scope: str | None) -> str:
+    """The model's fingerprint mixed with a tenant's scope (a user, an API key), so that the keys
+    and block hashes of one scope's entries never match another's prompts; None: the model's."""
+    if not scope:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}\0{scope}".encode()).hexdigest()[:32]

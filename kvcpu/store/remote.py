@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import KVCPUError, RemoteError, SnapshotError
 from ..snapshot import Snapshot
 from .keys import BLOCK_TOKENS, block_hashes, name_digest, tail_candidates
+from .sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class RemoteTier:
     name = "remote"
 
     def __init__(self, url: str, namespace: str = "kvcpu", ttl_s: int | None = None, timeout_s: float = 1.0,
-                 retry_s: float = 5.0):
+                 retry_s: float = 5.0, secret: str | bytes | None = None):
         try:
             import redis
         except ImportError as exc:
@@ -82,6 +83,7 @@ class RemoteTier:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            health_check_interval=30)
         self.stats = RemoteStats()
+        self.sealer = Sealer(secret, namespace)
         self._down_until = 0.0
         self._down = False
 
@@ -125,9 +127,9 @@ class RemoteTier:
 
         def send():
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(self._entry(key), blob, ex=self.ttl_s)
+            pipe.set(self._entry(key), self.sealer.seal(self._entry(key), blob), ex=self.ttl_s)
             for h in hashes:
-                pipe.set(self._block(h), key, ex=self.ttl_s)
+                pipe.set(self._block(h), self.sealer.seal(self._block(h), key.encode()), ex=self.ttl_s)
             pipe.execute()
             return True
 
@@ -151,6 +153,7 @@ class RemoteTier:
         if pointers is None:
             return None
         self.stats.round_trips += 1
+        pointers = [self._opened(self._block(h), p) for h, p in zip(hashes, pointers)]
         depth = next((i + 1 for i in range(len(pointers) - 1, -1, -1) if pointers[i] is not None), 0)
         found = self._tail(tokens, fingerprint, depth, hashes)
         tried = set()
@@ -205,6 +208,9 @@ class RemoteTier:
             return None
         self.stats.bytes_in += len(blob)
         try:
+            blob = self.sealer.open(self._entry(key), blob)
+            if blob is None:
+                raise SnapshotError("its MAC does not verify under this host's --remote-secret")
             snap = Snapshot.from_bytes(blob, expect_fingerprint=fingerprint)
             if snap.tokens is None or len(snap.tokens) < n or not np.array_equal(snap.tokens[:n], tokens[:n]):
                 raise SnapshotError("its tokens are not the prompt's")
@@ -224,10 +230,24 @@ class RemoteTier:
         return f"{self.ns}:c:{fingerprint}:{name_digest(name)}"
 
     def put_record(self, fingerprint: str, name: str, data: bytes) -> None:
-        self._call("put record", lambda: self.client.set(self._record(fingerprint, name), data, ex=self.ttl_s))
+        where = self._record(fingerprint, name)
+        self._call("put record", lambda: self.client.set(where, self.sealer.seal(where, data), ex=self.ttl_s))
 
     def get_record(self, fingerprint: str, name: str) -> bytes | None:
-        return self._call("get record", lambda: self.client.get(self._record(fingerprint, name)), None)
+        where = self._record(fingerprint, name)
+        return self._opened(where, self._call("get record", lambda: self.client.get(where), None))
+
+    def _opened(self, where: str, stored: bytes | None) -> bytes | None:
+        """A value read from `where`, verified; one that is not is refused and deleted."""
+        if stored is None:
+            return None
+        value = self.sealer.open(where, stored)
+        if value is None:
+            self.stats.refused += 1
+            log.warning("remote value %s refused and deleted: its MAC does not verify under this host's "
+                        "--remote-secret", where)
+            self._call("clean", lambda: self.client.delete(where))
+        return value
 
     def delete_record(self, fingerprint: str, name: str) -> None:
         self._call("delete record", lambda: self.client.delete(self._record(fingerprint, name)))
