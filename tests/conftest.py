@@ -9,7 +9,7 @@ from kvcpu.data import eval_text
 
 # Fixtures that load the real model: a test that uses any of them, directly or through another
 # fixture, is a `model` test, and `pytest -m "not model"` (the fast tier) leaves it out.
-MODEL_FIXTURES = {"model_path", "tiny"}
+MODEL_FIXTURES = {"model_path", "tiny", "qwen_path"}
 
 
 def pytest_collection_modifyitems(config, items):
