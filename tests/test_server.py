@@ -379,3 +379,23 @@ def test_f16_cache_scope_key_keeps_api_keys_apart(model_path, tmp_path):
         assert _cached(one, model, messages) == 0
         assert _cached(two, model, messages) == 0
         assert _cached(one, model, messages) > 5
+
+
+@pytest.mark.parametrize("field", [{"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+                                   {"response_format": {"type": "json_object"}}, {"logprobs": True},
+                                   {"frequency_penalty": 0.5}, {"presence_penalty": 1}, {"top_k": 40},
+                                   {"min_p": 0.1}, {"repeat_penalty": 1.1}, {"logit_bias": {"1": 5}},
+                                   {"made_up_field": 1}])
+def test_a_field_kvcpu_does_not_implement_is_400_naming_it(server, model_id, field):
+    """Nothing is silently ignored: an agent that sends tools hears so, not plain text."""
+    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **field}
+    status, error = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and error["param"] == next(iter(field)) and error["code"] == "unsupported_field", error
+
+
+def test_fields_that_ask_for_nothing_pass(server, model_id):
+    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "tools": [], "tool_choice": "none",
+            "response_format": {"type": "text"}, "parallel_tool_calls": True}
+    status, reply = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 200 and reply["choices"][0]["message"]["role"] == "assistant"

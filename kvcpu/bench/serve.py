@@ -1,11 +1,14 @@
-"""`kvcpu serve` against llama-cpp-python's own server with its RAM cache, on an agent trace.
+"""`kvcpu serve` against upstream llama-server and llama-cpp-python's server, on an agent trace.
 
 Four clients share one long system prompt, each with its own task. Every request is the next
-turn of another client than the last: one to three short messages, then a greedy reply. Both
-servers run as processes on loopback and are spoken to through the official openai client,
-one request at a time, with the same trace. Reported per server: time to first token (mean,
-p50, p95), tokens prefilled, throughput, peak RSS (psutil, sampled), and the first request
-after a restart over the same store, against the median warm request.
+turn of another client than the last: one to three short messages, then a greedy reply. Every
+server runs as a process on loopback and is spoken to through the official openai client, one
+request at a time, with the same trace: llama-server in its default shape (4 unified slots, an
+8 GiB RAM prompt cache) and with --cache-ram set to kvcpu's RAM budget, llama-cpp-python's server
+with its cache, kvcpu serve, and kvcpu serve with --cache-scope user (each client its own `user`).
+Reported per server: time to first token (mean, p50, p95), tokens prefilled (and what each
+request's cached_tokens said), throughput, peak RSS (psutil, sampled), and the first request after
+a restart over the same store, against the median warm request.
 
 llama-cpp-python's server does not report cached tokens; its own log line says how many
 prompt tokens each request evaluated ("prefix-match hit, remaining N prompt tokens").
@@ -14,6 +17,7 @@ prompt tokens each request evaluated ("prefix-match hit, remaining N prompt toke
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -23,7 +27,9 @@ import numpy as np
 
 from .common import SuiteContext, corpus_tokens, figure, markdown_table, pyplot, save_figure
 
-TITLE = "kvcpu serve against llama-cpp-python's server"
+TITLE = "kvcpu serve against llama-server and llama-cpp-python's server"
+KVCPU_BUDGET_MB = 512  # kvcpu serve's default RAM budget; llama-server's --cache-ram is set to it in its fair shape
+BIG_MODEL_BYTES = 500 << 20  # past this (a 1B+ model, ~45 tokens/s of prefill here) the trace is shortened
 TASKS = ["plan a week of meals for a family of four", "review a pull request that adds a cache",
          "draft a letter to a landlord about a leak", "outline a talk on lighthouses"]
 NOTES = ["Keep it short.", "What comes next?", "Add one detail.", "Any risks?", "Check the last step.",
@@ -59,8 +65,10 @@ class _History:
                          for c in range(n_clients)]
 
 
-def _replay(server, trace: list[dict], history: _History, max_tokens: int, kvcpu: bool, count_prompt) -> list[dict]:
-    """Send the trace's requests in order, streamed; one row each."""
+def _replay(server, trace: list[dict], history: _History, max_tokens: int, kvcpu: bool, count_prompt,
+            users: bool = False) -> list[dict]:
+    """Send the trace's requests in order, streamed; one row each. `kvcpu`: the server reports
+    usage with cached_tokens (kvcpu serve, llama-server); `users`: each client sends its `user`."""
     client = server.client()
     model = client.models.list().data[0].id
     rows = []
@@ -69,6 +77,8 @@ def _replay(server, trace: list[dict], history: _History, max_tokens: int, kvcpu
         messages += [{"role": "user", "content": m} for m in req["messages"]]
         log_at = server.log_path.stat().st_size
         extra = {"stream_options": {"include_usage": True}} if kvcpu else {}
+        if users:
+            extra["user"] = f"client-{req['client']}"
         t0, ttft, parts, usage = time.perf_counter(), None, [], None
         for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
                                                     temperature=0, seed=1, stream=True, **extra):
@@ -79,7 +89,9 @@ def _replay(server, trace: list[dict], history: _History, max_tokens: int, kvcpu
         total = time.perf_counter() - t0
         messages.append({"role": "assistant", "content": "".join(parts)})
         if kvcpu:
-            prompt, prefilled = usage.prompt_tokens, usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached = (details.cached_tokens or 0) if details is not None else 0
+            prompt, prefilled = usage.prompt_tokens, usage.prompt_tokens - cached
             generated = usage.completion_tokens
         else:
             prompt = count_prompt(messages[:-1])
@@ -113,20 +125,21 @@ def _system(model_path: Path, n_tokens: int, n_ctx: int):
     return text, eng, lambda messages: len(eng.tokenize(fmt.render(messages, True)))
 
 
-def _measure(name: str, start, trace: list[dict], system: str, p: dict, kvcpu: bool, count_prompt) -> dict:
+def _measure(name: str, start, trace: list[dict], system: str, p: dict, kvcpu: bool, count_prompt,
+             users: bool = False) -> dict:
     """The trace on a fresh server, then its next request on a restarted one."""
     history = _History(system, p["clients"])
     server = start()
     try:
         t0 = time.perf_counter()
-        rows = _replay(server, trace[:-1], history, p["max_tokens"], kvcpu, count_prompt)
+        rows = _replay(server, trace[:-1], history, p["max_tokens"], kvcpu, count_prompt, users)
         wall = time.perf_counter() - t0
         peak = server.peak_rss
     finally:
         server.stop()
     server = start()
     try:
-        after = _replay(server, trace[-1:], history, p["max_tokens"], kvcpu, count_prompt)[0]
+        after = _replay(server, trace[-1:], history, p["max_tokens"], kvcpu, count_prompt, users)[0]
     finally:
         server.stop()
     ttft = [r["ttft_ms"] for r in rows]
@@ -141,31 +154,56 @@ def _measure(name: str, start, trace: list[dict], system: str, p: dict, kvcpu: b
 
 
 def run(ctx: SuiteContext, requests: int, clients: int, system_tokens: int, max_tokens: int, n_ctx: int) -> dict:
-    """Both servers, side by side in one run, on the same trace."""
-    from .servers import kvcpu_serve, llama_cpp_server
+    """Every server, side by side in one run, on the same trace."""
+    from .servers import find_llama_server, kvcpu_serve, llama_cpp_server, llama_server
 
+    if Path(ctx.model_path).stat().st_size > BIG_MODEL_BYTES:  # each cold prefill costs tens of seconds
+        requests, system_tokens = min(requests, 16), min(system_tokens, 470)
     p = {"clients": clients, "max_tokens": max_tokens}
     trace = agent_trace(requests + 1, clients, ctx.seed)  # the last request comes after a restart
     system, eng, count_prompt = _system(ctx.model_path, system_tokens, n_ctx)
+    binary = find_llama_server()
     with eng, tempfile.TemporaryDirectory(prefix="kvcpu-bench-serve-") as tmp:
         tmp = Path(tmp)
-        ctx.tick(0, 2, "llama-cpp-python server")
-        base = _measure("llama-cpp-python server (--cache true)",
-                        lambda: llama_cpp_server(ctx.model_path, tmp / "llama.log", n_ctx=n_ctx),
-                        trace, system, p, False, count_prompt)
-        ctx.tick(1, 2, "kvcpu serve")
-        mine = _measure("kvcpu serve (int8)",
-                        lambda: kvcpu_serve(ctx.model_path, tmp / "store", "--codec", "int8", n_ctx=n_ctx,
-                                            log_path=tmp / "kvcpu.log"),
-                        trace, system, p, True, count_prompt)
+
+        def kvcpu(*args):
+            return lambda: kvcpu_serve(ctx.model_path, tmp / "store", "--codec", "int8", *args, n_ctx=n_ctx,
+                                       log_path=tmp / "kvcpu.log")
+
+        runs = [("llama-cpp-python server (--cache true)", "llama-cpp-python",
+                 lambda: llama_cpp_server(ctx.model_path, tmp / "llama.log", n_ctx=n_ctx), False, False)]
+        if binary:
+            runs += [("llama-server (default shape)", "llama-server",
+                      lambda: llama_server(binary, ctx.model_path, tmp / "ls.log"), True, False),
+                     (f"llama-server --cache-ram {KVCPU_BUDGET_MB}", "llama-server-ram",
+                      lambda: llama_server(binary, ctx.model_path, tmp / "ls.log", "--cache-ram",
+                                           str(KVCPU_BUDGET_MB)), True, False)]
+        runs += [("kvcpu serve (int8)", "kvcpu", kvcpu(), True, False),
+                 ("kvcpu serve (int8, --cache-scope user)", "kvcpu-user", kvcpu("--cache-scope", "user"), True, True)]
+        servers = []
+        for i, (name, role, start, reports_usage, users) in enumerate(runs):
+            ctx.tick(i, len(runs), name)
+            if role == "kvcpu-user":
+                shutil.rmtree(tmp / "store", ignore_errors=True)  # a store of its own: nothing of the shared run
+            servers.append({"role": role, **_measure(name, start, trace, system, p, reports_usage, count_prompt,
+                                                     users)})
     return {"requests": requests, "clients": clients, "system_tokens": system_tokens, "max_tokens": max_tokens,
-            "n_ctx": n_ctx, "trace": trace, "servers": [base, mine]}
+            "n_ctx": n_ctx, "trace": trace, "llama_server": binary is not None, "servers": servers}
+
+
+def _by_role(data: dict) -> dict:
+    """Servers by role; results of earlier runs had two, the baseline and kvcpu, in that order."""
+    servers = data["servers"]
+    if all("role" in s for s in servers):
+        return {s["role"]: s for s in servers}
+    return {"llama-cpp-python": servers[0], "kvcpu": servers[1]}
 
 
 def headline(data: dict) -> dict:
-    """Time to first token and tokens prefilled against the baseline; the first request after a restart."""
-    base, mine = data["servers"]
-    return {
+    """Time to first token and tokens prefilled against the baselines; the first request after a restart."""
+    by = _by_role(data)
+    base, mine = by["llama-cpp-python"], by["kvcpu"]
+    out = {
         "ttft_speedup": figure(base["ttft_mean_ms"] / mine["ttft_mean_ms"], "x", "higher",
                                "mean time to first token, llama-cpp-python server / kvcpu serve"),
         "prefill_ratio": figure(base["prefilled"] / max(mine["prefilled"], 1), "x", "higher",
@@ -176,6 +214,18 @@ def headline(data: dict) -> dict:
         "restart_over_warm": figure(mine["restart_over_warm"], "x", "lower",
                                     "kvcpu serve first request after a restart / warm median (time to first token)"),
     }
+    if "llama-server" in by:
+        ls = by["llama-server"]
+        out["p50_vs_llama_server"] = figure(mine["warm_ttft_ms"] / ls["warm_ttft_ms"], "x", "lower",
+                                            "kvcpu serve warm p50 time to first token / llama-server's (default)")
+        out["p95_vs_llama_server"] = figure(mine["ttft_p95_ms"] / ls["ttft_p95_ms"], "x", "lower",
+                                            "kvcpu serve p95 time to first token / llama-server's (default)")
+        out["restart_vs_llama_server"] = figure(ls["restart_ttft_ms"] / mine["restart_ttft_ms"], "x", "higher",
+                                                "first request after a restart, llama-server / kvcpu serve")
+    if "kvcpu-user" in by:
+        out["user_scope_prefill"] = figure(by["kvcpu-user"]["prefilled"] / max(mine["prefilled"], 1), "x", "lower",
+                                           "tokens prefilled with --cache-scope user / shared")
+    return out
 
 
 def plot(data: dict, folder) -> list[str]:
@@ -196,7 +246,8 @@ def plot(data: dict, folder) -> list[str]:
 
 def render(data: dict, short: bool = False) -> str:
     """One row per server."""
-    base, mine = data["servers"]
+    by = _by_role(data)
+    base, mine = by["llama-cpp-python"], by["kvcpu"]
     intro = (f"{data['requests']} requests of an agent trace: {data['clients']} clients share a "
              f"{data['system_tokens']}-token system prompt, each with its own task, and take turns of 1-3 short "
              f"messages, switching every request; greedy {data['max_tokens']}-token replies, streamed, one request "
@@ -208,10 +259,37 @@ def render(data: dict, short: bool = False) -> str:
                             ("tokens_per_s|tokens/s", ".1f"), ("peak_rss_mb|peak RSS (MB)", ",.0f"),
                             ("restart_ttft_ms|after a restart (ms)", ",.0f"),
                             ("restart_over_warm|restart / warm p50", ".2f")], data["servers"])
-    ratios = (f"\n\nkvcpu serve: time to first token {base['ttft_mean_ms'] / mine['ttft_mean_ms']:.1f}x lower on "
-              f"average ({base['ttft_warm_mean_ms'] / mine['ttft_warm_mean_ms']:.1f}x without the first request, "
-              f"a cold prefill of the shared system prompt for both), "
+    ratios = (f"\n\nkvcpu serve against llama-cpp-python's server: time to first token "
+              f"{base['ttft_mean_ms'] / mine['ttft_mean_ms']:.1f}x lower on average "
+              f"({base['ttft_warm_mean_ms'] / mine['ttft_warm_mean_ms']:.1f}x without the first request, "
+              f"a cold prefill of the shared system prompt for all), "
               f"{base['prefilled'] / max(mine['prefilled'], 1):.1f}x fewer tokens prefilled, "
               f"{base['peak_rss_mb'] / mine['peak_rss_mb']:.1f}x less peak RSS; the first request after a restart "
               f"{base['restart_ttft_ms'] / mine['restart_ttft_ms']:.0f}x sooner.")
+    if "llama-server" in by:
+        ls = by["llama-server"]
+        ratios += (f" Against llama-server (default shape): warm p50 {mine['warm_ttft_ms'] / ls['warm_ttft_ms']:.2f}x "
+                   f"its own, p95 {mine['ttft_p95_ms'] / ls['ttft_p95_ms']:.2f}x, "
+                   f"{ls['prefilled'] / max(mine['prefilled'], 1):.1f}x fewer tokens prefilled, the first request "
+                   f"after a restart {ls['restart_ttft_ms'] / mine['restart_ttft_ms']:.0f}x sooner.")
+    elif not data.get("llama_server", True):
+        ratios += " llama-server was not measured: none found (bench/setup_llama_server.sh builds one)."
+    if "kvcpu-user" in by:
+        ratios += (f" With --cache-scope user, kvcpu serve prefilled {by['kvcpu-user']['prefilled']:,} tokens "
+                   f"against {mine['prefilled']:,} shared: the system prompt once per client instead of once.")
+    if not short:
+        ratios += "\n\n" + _cached_table(data)
     return intro + table + ratios
+
+
+def _cached_table(data: dict) -> str:
+    """What each server's usage said it reused, request by request (prompt tokens - prefilled)."""
+    servers = data["servers"]
+    head = "| request | client | " + " | ".join(s["system"] for s in servers) + " |"
+    rule = "|---|---|" + "---|" * len(servers)
+    lines = ["Cached (reused) prompt tokens per request, as each server reported or logged them:", "", head, rule]
+    for i, req in enumerate(data["trace"][:-1]):
+        cells = [f"{s['rows'][i]['prompt_tokens'] - s['rows'][i]['prefilled']:,} / {s['rows'][i]['prompt_tokens']:,}"
+                 for s in servers]
+        lines.append(f"| {i + 1} | {req['client']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

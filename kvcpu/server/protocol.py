@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from ..errors import APIError
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
+# The fields kvcpu serve implements; any other field is refused with a 400 naming it, unless it
+# carries the value that asks for nothing (a client library's explicit default), never ignored.
+SUPPORTED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+             "stop", "stream", "stream_options", "user", "n"}
+NEUTRAL = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logprobs": (False,), "top_logprobs": (0,),
+           "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},), "echo": (False,),
+           "best_of": (1,), "logit_bias": ({},), "suffix": ("",), "parallel_tool_calls": (True, False),
+           "store": (False,), "metadata": ({},)}
 MAX_STOPS = 4  # as OpenAI allows
 MAX_STOP_CHARS = 256  # each; scanning is linear, but nobody's stop string is a page long
 
@@ -102,7 +110,18 @@ def _message(m, i: int) -> dict:
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
+def _refuse_unsupported(body: dict) -> None:
+    """A 400 naming the first field kvcpu serve does not implement (issue 26 adds tools, JSON output,
+    logprobs and the penalties); a field set to the value that asks for nothing passes."""
+    for name, value in body.items():
+        if name in SUPPORTED or value is None or (name in NEUTRAL and value in NEUTRAL[name]):
+            continue
+        raise APIError(400, f"kvcpu serve does not support '{name}' (yet); send the request without it",
+                       param=name, code="unsupported_field")
+
+
 def _common(body: dict, *, messages, prompt, max_tokens) -> GenerationRequest:
+    _refuse_unsupported(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise APIError(400, "'model' must be a non-empty string", param="model")
