@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+# Called between the steps of every atomic write ("half written", "written", "fsynced", "renamed"):
+# the crash test (tests/crash_child.py) kills the process there, so that it tests this very code.
+step_hook: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if step_hook is not None:
+        step_hook(name)
 
 
 def atomic_write(path: str | os.PathLike, data) -> int:
@@ -12,12 +22,18 @@ def atomic_write(path: str | os.PathLike, data) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    view = memoryview(data).cast("B")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(view[: len(view) // 2])  # in two halves: a kill between them leaves a partial file
+            _step("half written")
+            f.write(view[len(view) // 2 :])
             f.flush()
+            _step("written")
             os.fsync(f.fileno())
+            _step("fsynced")
         os.replace(tmp, path)
+        _step("renamed")
     except BaseException:
         try:
             os.unlink(tmp)
@@ -25,7 +41,7 @@ def atomic_write(path: str | os.PathLike, data) -> int:
             pass
         raise
     fsync_dir(path.parent)
-    return memoryview(data).nbytes
+    return len(view)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

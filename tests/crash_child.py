@@ -4,9 +4,9 @@ killing itself (SIGKILL) at durable-write point number N. Run by test_store_cras
     python crash_child.py DIR N
 
 Each finished operation prints "done OP KEY". Point numbers count, in order: inside every
-atomic write, after half the bytes, after all of them (before fsync), after fsync (before the
-rename), after the rename (before the directory's fsync); around every delete, before and after
-the unlink.
+atomic write (kvcpu.fileio's own, through its step_hook), after half the bytes, after all of
+them (before fsync), after fsync (before the rename), after the rename (before the directory's
+fsync); around every delete, before and after the unlink.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
 from test_store_faults import over_doc
 
 import kvcpu.store.disk as disk
-from kvcpu.fileio import fsync_dir
+from kvcpu import fileio
 from kvcpu.store import KVStore
 
 _points = {"kill_at": -1, "count": 0}
@@ -30,26 +28,6 @@ def point() -> None:
     if _points["count"] == _points["kill_at"]:
         os.kill(os.getpid(), signal.SIGKILL)
     _points["count"] += 1
-
-
-def atomic_write(path, data) -> int:
-    """kvcpu.fileio.atomic_write, step by step, with a kill point between the steps."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    view = memoryview(data).cast("B")
-    with os.fdopen(fd, "wb") as f:
-        f.write(view[: len(view) // 2])
-        f.flush()
-        point()
-        f.write(view[len(view) // 2 :])
-        f.flush()
-        point()
-        os.fsync(f.fileno())
-        point()
-    os.replace(tmp, path)
-    point()
-    fsync_dir(path.parent)
-    return len(view)
 
 
 _delete = disk.DiskTier.delete
@@ -73,7 +51,7 @@ def snapshots() -> dict:
 
 if __name__ == "__main__":
     _points["kill_at"] = int(sys.argv[2])
-    disk.atomic_write = atomic_write
+    fileio.step_hook = lambda step: point()
     disk.DiskTier.delete = delete
     snaps, keys = snapshots(), {}
     with KVStore(1 << 30, disk_dir=sys.argv[1], codec="f16", policy="lru") as store:

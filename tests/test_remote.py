@@ -4,7 +4,7 @@ through it; bad values, evictions behind the index and a server that dies are cl
 from __future__ import annotations
 
 import logging
-import time
+import threading
 
 import pytest
 from test_store import FP, snapshot
@@ -94,7 +94,10 @@ def test_a_server_that_dies_is_a_warning_and_comes_back(tmp_path, redis_server, 
     assert sum("going on with the local tiers" in r.getMessage() for r in caplog.records) == 1
     assert a.stats()["remote"]["failures"] >= 1
     redis_server.start()
-    time.sleep(0.3)  # past retry_s
+    back = threading.Event()
+    for _ in range(200):  # until the tier's retry time has passed: 0.2 s here, 10 s at most
+        if a.remote.available or back.wait(0.05):
+            break
     key = a.put(snapshot([6] * 40 + [9] * 20, seed=9))
     b = host(tmp_path, "b", redis_server.url)
     assert b.longest_prefix([6] * 40 + [9] * 20, FP).key == key  # the remote is used again

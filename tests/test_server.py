@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +197,9 @@ def test_client_leaving_a_whole_answer_frees_the_engine(server, client, model_id
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.request("POST", "/v1/completions", json.dumps(body),
                  {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    time.sleep(1.5)  # it is generating
+    for _ in range(600):  # until an engine has it (60 s at most)
+        if json.loads(_get(server, "/health"))["busy"] or threading.Event().wait(0.1):
+            break
     conn.close()
     ask(client, model_id, [{"role": "user", "content": "Say yes."}], max_tokens=2)  # answered: the engine was freed
     assert _metric(server, "kvcpu_completion_tokens_total") - before < 1000

@@ -172,26 +172,31 @@ def test_conversations_over_one_document_share_it(model_path):
 def test_a_switch_back_during_the_background_store_finds_the_state(model_path, tmp_path, monkeypatch):
     """The store runs after the reply, in the background; a turn that needs that state takes it
     from memory (exact f16), never waiting for the encode or the put, and one that does not
-    need it goes on. The store is slowed down here so that the switch back surely comes before
-    the put has finished (b's turn takes a fraction of its 1.5 s)."""
+    need it goes on. The store's put is held here until the switch back is done, so that the
+    switch back surely comes before the put has finished."""
     import threading
-    import time
 
+    from kvcpu import background
+
+    monkeypatch.setattr(background, "MAX_PENDING_STORES", 3)  # a's second turn is handed over while a's first is held
     with Session(model_path, codec="f16", disk_dir=tmp_path / "store", n_ctx=1024) as s:
-        put, started = s.store.put, threading.Event()
+        put, started, release = s.store.put, threading.Event(), threading.Event()
 
-        def slow_put(*args, **kw):
+        def held_put(*args, **kw):
             started.set()
-            time.sleep(1.5)
+            release.wait(60)  # until the switch back is done (60 s at most)
             return put(*args, **kw)
 
-        monkeypatch.setattr(s.store, "put", slow_put)
-        s.chat("a", "Describe a lighthouse in two sentences.", max_tokens=MAX)
-        s.chat("b", "Name three colours.", max_tokens=4)  # does not need a's state: no wait
-        assert s.last_turn.waited_ms == 0.0 and s.last_turn.tokens_restored < 30  # the template's opening only
-        assert started.wait(5)
-        s.chat("a", "And at night?", max_tokens=4)  # needs a's state: from memory, no wait
-        assert s.last_turn.tokens_restored > 30 and s.last_turn.from_memory and s.last_turn.waited_ms == 0
+        monkeypatch.setattr(s.store, "put", held_put)
+        try:
+            s.chat("a", "Describe a lighthouse in two sentences.", max_tokens=MAX)
+            s.chat("b", "Name three colours.", max_tokens=4)  # does not need a's state: no wait
+            assert s.last_turn.waited_ms == 0.0 and s.last_turn.tokens_restored < 30  # the template's opening only
+            assert started.wait(60)
+            s.chat("a", "And at night?", max_tokens=4)  # needs a's state: from memory, no wait
+            assert s.last_turn.tokens_restored > 30 and s.last_turn.from_memory and s.last_turn.waited_ms == 0
+        finally:
+            release.set()
     with Session(model_path, codec="f16", disk_dir=tmp_path / "store", n_ctx=1024) as again:  # close flushed
         again.warm_up()
         assert again.engine.n_past == 0
