@@ -21,11 +21,14 @@ from it.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from kvcpu.bench.common import markdown_table
-from kvcpu.bench.traces import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's bench package
+
+from bench.research.traces import (  # noqa: E402
     CHAT_TOGGLE,
     chat_user_weights,
     libcachesim_caches,
@@ -33,7 +36,8 @@ from kvcpu.bench.traces import (
     replay_libcachesim,
     working_set_bytes,
 )
-from kvcpu.store.policies import ReuseRate, simulate
+from kvcpu.bench.common import markdown_table  # noqa: E402
+from kvcpu.store.policies import ReuseRate, simulate  # noqa: E402
 
 
 def user_of(key: str) -> int:

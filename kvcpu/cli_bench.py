@@ -70,7 +70,9 @@ def _compare(path_a: Path, path_b: Path) -> None:
 
 def _command_line(model, quick, only, out_dir, kl_limit, ram_limit_mb, seed, merge) -> str:
     """The command that reproduces this run, flags left at their defaults omitted."""
-    words = ["kvcpu", "bench"]
+    root = click.get_current_context().find_root()
+    # `kvcpu bench` (however the kvcpu command was started), or bench/run.py, which runs this command alone
+    words = shlex.split(root.info_name) if root.command is bench else ["kvcpu", "bench"]
     words += ["--model", model] if model != models.DEFAULT_MODEL else []
     words += ["--quick"] if quick else []
     words += ["--only", only] if only != ",".join(SUITE_NAMES) else []

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's bench/ (its research suites)
 
 from kvcpu import Engine, models
 from kvcpu.data import eval_text

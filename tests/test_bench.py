@@ -249,9 +249,11 @@ def test_readme_figures_are_the_committed_results_file():
     readme_tool = _bench_script("readme")
     doc = bench_results.load(ROOT / "bench" / "results" / "results.json")
     readme = (ROOT / "README.md").read_text()
-    rewritten, missing = readme_tool.rewrite(readme, readme_tool.sections(doc, "bench/results"))
+    rewritten, missing = readme_tool.rewrite(readme, readme_tool.all_sections())
     assert not missing and rewritten == readme
-    assert set(doc["suites"]) == set(SUITE_NAMES)
+    from bench.research import RESEARCH
+
+    assert set(doc["suites"]) == set(SUITE_NAMES) | set(RESEARCH)
     assert doc["options"]["quick"] is False and doc["command"].startswith("kvcpu bench")
     for suite in doc["suites"].values():
         assert all((ROOT / "bench" / "results" / p).is_file() for p in suite["plots"])
@@ -278,7 +280,7 @@ def test_chat_oracle_is_told_what_the_keys_do_not_carry():
 def test_traces_round_trip_with_and_without_owners(tmp_path):
     """The chat trace names who asks; the others do not. Both come back from their files as
     they were made (costs to the microsecond), and the same seed makes the same bytes."""
-    from kvcpu.bench.traces import load_trace, make_traces, save_trace
+    from bench.research.traces import load_trace, make_traces, save_trace
 
     traces = make_traces(7, 500)
     assert all(len(row) == 4 for row in traces["chat"]) and all(len(row) == 3 for row in traces["scan"])
@@ -310,7 +312,7 @@ def test_a_measurement_in_a_fresh_process_returns_or_says_it_died():
 def test_eviction_suite_without_libcachesim_still_reports(tmp_path, monkeypatch):
     """libcachesim is an extra ([bench]): without it the suite runs kvcpu's policies alone,
     and its targets, headline and tables say what is missing rather than failing."""
-    from kvcpu.bench import eviction
+    from bench.research import eviction
     from kvcpu.bench.common import SuiteContext
 
     monkeypatch.setattr(eviction, "libcachesim_caches", lambda: {})
@@ -328,7 +330,7 @@ def test_eviction_suite_without_libcachesim_still_reports(tmp_path, monkeypatch)
 
 
 def test_heldout_traces_are_reproducible_and_apart_from_the_tuning_seed():
-    from kvcpu.bench import heldout
+    from bench.research import heldout
 
     one, params = heldout.chat_family(heldout.CHAT_SEEDS, 500)
     again, _ = heldout.chat_family(heldout.CHAT_SEEDS, 500)
@@ -344,7 +346,7 @@ def test_heldout_traces_are_reproducible_and_apart_from_the_tuning_seed():
 def test_heldout_suite_without_libcachesim_says_so(tmp_path, monkeypatch):
     import builtins
 
-    from kvcpu.bench import heldout
+    from bench.research import heldout
     from kvcpu.bench.common import SuiteContext
 
     real = builtins.__import__

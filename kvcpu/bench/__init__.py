@@ -1,4 +1,4 @@
-"""`kvcpu bench`: measure this machine (kernels, quality, restore, eviction, sessions) into one report.
+"""`kvcpu bench`: measure this machine (kernels, quality, restore, turns, sessions, the server) into one report.
 
 Importing this package is cheap (the `kvcpu` command imports it for its help text); the
 suites and their dependencies load on first use of anything below but SUITE_NAMES.
@@ -7,9 +7,11 @@ suites and their dependencies load on first use of anything below but SUITE_NAME
 from importlib import import_module
 
 # Names a submodule has (recommend, compare) are not exported, so that they stay the modules.
-# The suites, in the order a full run takes them; each is the module of the same name.
-SUITE_NAMES = ("kernels", "quality", "restore", "turn", "eviction", "heldout", "session", "sharing", "llamacache",
-               "serve", "remote")
+# The suites that measure the user's machine, in the order a full run takes them; each is the module of
+# the same name. The research harnesses that measure the project (eviction against libCacheSim, the
+# held-out traces, sharing, llama-cpp-python's cache) live in the repository's bench/research and
+# join the same runner through `python bench/run.py` (suites.register).
+SUITE_NAMES = ("kernels", "quality", "restore", "turn", "session", "serve", "remote")
 
 _EXPORTS = {"FORMAT": "results", "VERSION": "results", "load": "results", "validate": "results",
             "BenchConfig": "run", "run_bench": "run", "Limits": "recommend",

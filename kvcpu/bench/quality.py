@@ -137,6 +137,7 @@ def headline(data: dict) -> dict:
         if r["codec"] in ("int8", "int4-rot"):
             out[f"{r['codec']}_kl"] = figure(r["kl_mean"], "KL", "lower", f"{r['codec']} mean KL")
             out[f"{r['codec']}_ratio"] = figure(r["ratio"], "x", "higher", f"{r['codec']} compression")
+            out[f"{r['codec']}_top1"] = figure(r["top1_agreement"], "", "higher", f"{r['codec']} top-1 agreement")
     for r in blocked_rows(data):
         if r["codec"] == "adaptive":
             out["adaptive_ratio"] = figure(r["ratio"], "x", "higher", "adaptive (target 4x) compression")

@@ -54,7 +54,11 @@ def machine_table(doc: dict) -> str:
 
 
 def suite_markdown(name: str, suite: dict, short: bool = False) -> str:
-    """A suite's tables (and plots, unless short), rendered from its stored data."""
+    """A suite's tables (and plots, unless short), rendered from its stored data; a research suite
+    not registered here (bench/research) is named, its figures left to `python bench/run.py`."""
+    if name not in SUITES:
+        return (f"A research suite of the repository's bench/research; `python bench/run.py --only {name} "
+                "--merge` renders its tables. Its headline figures are in the summary above.")
     return SUITES[name].render(suite["data"], short=short)
 
 

@@ -222,6 +222,11 @@ def headline(data: dict) -> dict:
                                             "kvcpu serve p95 time to first token / llama-server's (default)")
         out["restart_vs_llama_server"] = figure(ls["restart_ttft_ms"] / mine["restart_ttft_ms"], "x", "higher",
                                                 "first request after a restart, llama-server / kvcpu serve")
+        for who, server in (("kvcpu", mine), ("llama_server", ls)):
+            out[f"{who}_p50_ms"] = figure(server["warm_ttft_ms"], "ms", "lower", f"{who} warm p50 time to first token")
+            out[f"{who}_p95_ms"] = figure(server["ttft_p95_ms"], "ms", "lower", f"{who} p95 time to first token")
+            out[f"{who}_restart_ms"] = figure(server["restart_ttft_ms"], "ms", "lower", f"{who} after a restart")
+            out[f"{who}_rss_mb"] = figure(server["peak_rss_mb"], "MB", "lower", f"{who} peak RSS")
     if "kvcpu-user" in by:
         out["user_scope_prefill"] = figure(by["kvcpu-user"]["prefilled"] / max(mine["prefilled"], 1), "x", "lower",
                                            "tokens prefilled with --cache-scope user / shared")

@@ -17,8 +17,9 @@ import statistics
 
 import numpy as np
 
-from ..store.policies import make_policy, simulate
-from .common import SuiteContext, figure, markdown_table
+from kvcpu.bench.common import SuiteContext, figure, markdown_table
+from kvcpu.store.policies import make_policy, simulate
+
 from .traces import BYTES_PER_TOKEN, prefill_cost, replay_libcachesim, working_set_bytes
 
 TITLE = "Eviction on held-out traces"

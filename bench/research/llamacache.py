@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ..store.keys import common_prefix_length
-from .common import SuiteContext, chat_prompt_tokens, figure, in_fresh_process, markdown_table
+from kvcpu.bench.common import SuiteContext, chat_prompt_tokens, figure, in_fresh_process, markdown_table
+from kvcpu.store.keys import common_prefix_length
 
 TITLE = "kvcpu's store against LlamaRAMCache"
 TOPICS = ["the sea", "bread", "bees", "chess", "rain", "trains", "maps", "tea", "owls", "glass", "kites", "salt"]
@@ -44,8 +44,8 @@ def chat_script(n_turns: int, seed: int) -> list[tuple[str, str]]:
 
 
 def _run_kvcpu(model_path, turns, budget, max_tokens, out):
-    from .. import metrics
-    from ..session import Session
+    from kvcpu import metrics
+    from kvcpu.session import Session
 
     ttft, prefill = [], 0
     with Session(model_path, codec="int8", budget_bytes=budget, n_ctx=4096) as s:
@@ -64,8 +64,8 @@ def _run_kvcpu(model_path, turns, budget, max_tokens, out):
 
 
 def _run_llamacache(model_path, turns, budget, max_tokens, out):
-    from .. import metrics
-    from ..engine import llama_ram_cache, plain_llama
+    from kvcpu import metrics
+    from kvcpu.engine import llama_ram_cache, plain_llama
 
     llm = plain_llama(model_path, 4096)
     cache = llama_ram_cache(budget)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from ..store.policies import make_policy, simulate
-from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
+from kvcpu.bench.common import SuiteContext, figure, markdown_table, pyplot, save_figure
+from kvcpu.store.policies import make_policy, simulate
+
 from .traces import libcachesim_caches, make_traces, replay_libcachesim, save_trace, working_set_bytes
 
 TITLE = "Eviction policies"

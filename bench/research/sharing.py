@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import statistics
 
-from ..data import eval_text
-from ..session import Session
-from ..store import KVStore
-from .common import SuiteContext, figure, markdown_table
+from kvcpu.bench.common import SuiteContext, figure, markdown_table
+from kvcpu.data import eval_text
+from kvcpu.session import Session
+from kvcpu.store import KVStore
 
 TITLE = "Prefix sharing"
 QUESTIONS = ["Who was the first keeper?", "What did the crane get named after?", "What happened in the gale?",
