@@ -219,7 +219,9 @@ class TurnRunner:
         common = common_prefix_length(self.engine.tokens, prompt) if mine else 0
         pending = self.background.pending_state(prompt[:-1], common, fingerprint)  # at least one token to eval
         t1 = time.perf_counter()
-        match = self.store.longest_prefix(prompt[:-1], fingerprint)
+        # With a state in memory to restore, the lookup does not wait for the store's own put (its
+        # write and fsync hold the store): a longer stored prefix than that state is rare.
+        match = self.store.longest_prefix(prompt[:-1], fingerprint, wait=pending is None)
         times = {"waited_ms": 0.0, "lookup_ms": (time.perf_counter() - t1) * 1e3}
         if pending is not None and (match is None or pending[1] >= match.n_tokens):
             return self._restore_pending(*pending, t0, times)

@@ -170,3 +170,27 @@ def test_a_new_turn_takes_its_predecessors_room_without_evicting_another():
     keys = [store.put(s) for s in (other, turn1, turn2)]
     assert keys[0] in store and keys[2] in store and keys[1] not in store
     assert store.stats()["evictions"] == {}
+
+
+def test_a_lookup_that_may_not_wait_answers_none_while_the_store_is_held():
+    """A turn with a state in memory to restore does not wait for the store's own put."""
+    import threading
+
+    store = KVStore(1 << 30, codec="f16")
+    store.put(snapshot(list(range(40))))
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store._lock:  # as a put writing and fsyncing does
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(60)
+        assert store.longest_prefix(list(range(41)), FP, wait=False) is None
+    finally:
+        release.set()
+        holder.join()
+    assert store.longest_prefix(list(range(41)), FP, wait=False).n_tokens == 40

@@ -26,7 +26,7 @@ from .index import Entry, Match, PrefixIndex
 from .keys import block_hashes
 from .remote import RemoteTier
 from .sharing import SharedSnapshot, Sharing
-from .sync import gc, sync_from_disk
+from .sync import gc, prefetch, sync_from_disk
 from .tiers import RamTier, Tier
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ class KVStore:
         return self.ram.budget
 
     def hold_ram(self, nbytes: int) -> None:
-        """Count bytes held in memory for the store (a state waiting to be encoded) against the
-        RAM budget, evicting to make room; release_ram gives them back."""
+        """Count bytes held for the store (a state not yet encoded) against the RAM budget."""
         with self._lock:
             self.ram.reserved += nbytes
             self.enforce(self.ram)
@@ -75,8 +74,7 @@ class KVStore:
             self.ram.reserved -= nbytes
 
     @property
-    def directory(self):
-        """The disk tier's directory, or None for a store in RAM alone."""
+    def directory(self):  # the disk tier's directory, or None for a store in RAM alone
         return self.disk.root if self.disk is not None else None
 
     @property
@@ -279,36 +277,19 @@ class KVStore:
         return snap
 
     def prefetch(self, fingerprint: str, max_bytes: int) -> int:
-        """Read this model's most recently stored entries from disk into RAM, newest first, up
-        to max_bytes (a restart's first turns then read from RAM); returns how many were read."""
+        """Read this model's newest entries from disk into RAM, up to max_bytes (sync.prefetch)."""
         with self._lock:
-            if self.disk is None:
-                return 0
-            room = min(max_bytes, self.ram.budget - self.ram.used)
-            read = 0
-            for key in reversed(list(self.index)):  # the index keeps the order entries came in
-                entry = self.index.get(key)
-                if entry is None or entry.fingerprint != fingerprint or entry.shared_base:
-                    continue
-                wanted = [k for k in (entry.base, key) if k is not None and not self.ram.holds(k)]
-                size = sum(self.disk.sizes.get(k, 0) for k in wanted)  # a part needs its shared base
-                if size > room:
-                    break
-                try:
-                    for k in wanted:
-                        self.read_own(k, touch=False)
-                except KVCPUError:
-                    continue
-                room -= size
-                read += len(wanted)
-            return read
+            return prefetch(self, fingerprint, max_bytes) if self.disk is not None else 0
 
-    def longest_prefix(self, tokens: Sequence[int], fingerprint: str) -> Match | None:
+    def longest_prefix(self, tokens: Sequence[int], fingerprint: str, wait: bool = True) -> Match | None:
         """The entry sharing the longest prefix with `tokens`, here or (when longer) on the
-        remote tier, in time proportional to the prompt's length in blocks."""
+        remote tier, in time proportional to the prompt's length in blocks. wait=False answers
+        None at once while another thread holds the store (a put writing and fsyncing)."""
         tokens = np.asarray(tokens, dtype=np.int32)
         hashes = list(block_hashes(tokens, fingerprint))
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             if self.disk is not None and self.disk.changed():
                 sync_from_disk(self)  # another process wrote or removed entries
             self._n.lookups += 1
@@ -319,6 +300,8 @@ class KVStore:
             if best is not None:
                 self._n.hits += 1
             return best
+        finally:
+            self._lock.release()
 
     def _adopt(self, key: str, n_tokens: int, snapshot: Snapshot, blob: bytes) -> Match | None:
         """Keep what another host stored (verified by the remote tier): in RAM, where the turn

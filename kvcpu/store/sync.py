@@ -1,6 +1,6 @@
-"""Bringing a store's index in line with its directory: at open, and whenever another process
-changed the directory. It runs under the directory's lock, so that a decision taken under the
-same lock sees what is on disk now."""
+"""A store and its directory: the index brought in line with it (at open, and whenever another
+process changed it, under the directory's lock, so that a decision taken under the same lock sees
+what is on disk now); `gc`, which tidies it; `prefetch`, which reads its newest entries into RAM."""
 
 from __future__ import annotations
 
@@ -81,3 +81,26 @@ def gc(store, verify: bool = False) -> dict:
                 bad += 1
     return {"entries": len(store.index), "disk_bytes": store.disk.used, "dropped_unreadable": bad,
             "quarantined": store.disk.quarantined}
+
+
+def prefetch(store, fingerprint: str, max_bytes: int) -> int:
+    """Read this model's most recently stored entries from disk into RAM, newest first, up
+    to max_bytes (a restart's first turns then read from RAM); returns how many were read."""
+    room = min(max_bytes, store.ram.budget - store.ram.used)
+    read = 0
+    for key in reversed(list(store.index)):  # the index keeps the order entries came in
+        entry = store.index.get(key)
+        if entry is None or entry.fingerprint != fingerprint or entry.shared_base:
+            continue
+        wanted = [k for k in (entry.base, key) if k is not None and not store.ram.holds(k)]
+        size = sum(store.disk.sizes.get(k, 0) for k in wanted)  # a part needs its shared base
+        if size > room:
+            break
+        try:
+            for k in wanted:
+                store.read_own(k, touch=False)
+        except KVCPUError:
+            continue
+        room -= size
+        read += len(wanted)
+    return read
