@@ -32,7 +32,10 @@ class StoreConfig:
     codec: str = field(default="int8", metadata=_flag("Codec of stored snapshots."))
     budget_bytes: int = field(default=512 * MB, metadata=_flag("RAM budget of the store, in MB.", flag="--budget-mb",
                                                                unit=MB, minimum=1))
-    policy: str = field(default="hybrid", metadata=_flag("Eviction policy."))
+    # The default is the simplest policy within a point of the best on traces no tuning saw (heldout):
+    # reuse-rate's mean gap to the best online policy -2.84 points, the hybrid's -2.74, gds's +0.02.
+    policy: str = field(default="reuse-rate", metadata=_flag("Eviction policy (lru, fifo, lfu, s3fifo, arc, gds, "
+                                                             "gdsf, reuse-rate, hybrid)."))
     disk_dir: Path | None = field(default=None, metadata=_flag(
         "Where snapshots and conversations persist [default: {default_dir}].", flag="--store-dir", metavar="DIR"))
     disk_budget_bytes: int | None = field(default=None, metadata=_flag(

@@ -38,7 +38,7 @@ __all__ = ["DEFAULT_LADDER", "KVStore", "Match"]
 class KVStore:
     """Snapshots of one or more models in RAM, on disk and on a shared remote. Thread-safe."""
 
-    def __init__(self, budget_bytes: int, policy: str = "hybrid", disk_dir=None,
+    def __init__(self, budget_bytes: int, policy: str = "reuse-rate", disk_dir=None,
                  disk_budget_bytes: int | None = None, codec: str = "int8",
                  ladder: Sequence[str] = DEFAULT_LADDER, share: bool = True, remote: str | RemoteTier | None = None,
                  remote_namespace: str = "kvcpu", remote_ttl_s: int | None = None):
