@@ -200,7 +200,7 @@ def chat(model, conversation, once, max_tokens, temperature, repeat_penalty, n_c
 def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scope, parallel, max_queue,
           **options) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
-    from .server import ServeConfig, Server, run
+    from .server import ServeConfig, run
 
     store = store_config(options)
     store = store.replace(disk_dir=store.disk_dir or models.kvcpu_home() / "serve")
@@ -210,7 +210,7 @@ def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scop
     if config.exposed and not config.api_keys:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)
-    server = Server(config, progress=True)
+    server = config.open(progress=True)
     server.warm_up()
     err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {store.disk_dir}, "
               f"codec {store.codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "

@@ -55,6 +55,10 @@ class ServeConfig:
     max_body_bytes: int = 8 << 20
     graceful_shutdown_s: float = 10.0  # streams in flight at SIGTERM get this long, then are cut
 
+    def open(self, progress: bool = False) -> Server:
+        """The server these options describe: its engines loaded, its store opened."""
+        return Server(self, progress=progress)
+
     @property
     def store_path(self) -> Path:
         return self.store.disk_dir or models.kvcpu_home() / "serve"
