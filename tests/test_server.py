@@ -209,7 +209,8 @@ def test_metrics_in_prometheus_format(server, client, model_id):
     ask(client, model_id, [{"role": "user", "content": "Say yes."}], max_tokens=2)
     text = _get(server, "/metrics")
     for name in ("kvcpu_requests_total", "kvcpu_prompt_tokens_total", "kvcpu_time_to_first_token_seconds_bucket",
-                 "kvcpu_store_bytes", "kvcpu_store_entries", "kvcpu_store_hit_ratio", "kvcpu_store_evictions_total",
+                 "kvcpu_store_bytes", "kvcpu_store_entries", "kvcpu_store_hit_ratio", "kvcpu_store_pending_bytes",
+                 "kvcpu_store_evictions_total",
                  "kvcpu_queue_depth", "kvcpu_process_rss_bytes", "kvcpu_process_cpu_seconds_total"):
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
     assert _metric(server, 'kvcpu_prompt_tokens_total{how="restored"}') > 0

@@ -60,6 +60,9 @@ class _Live:
         yield entries
         yield GaugeMetricFamily("kvcpu_store_hit_ratio", "Share of lookups that found a stored prefix.",
                                 value=s["hit_ratio"])
+        yield GaugeMetricFamily("kvcpu_store_pending_bytes", "Bytes of states held in memory on their way into "
+                                "the store, counted in the RAM budget (a turn restores them from there).",
+                                value=s["ram_held_bytes"])
         ev = CounterMetricFamily("kvcpu_store_evictions", "Entries evicted, per tier.", labels=["tier"])
         for tier in ("ram", "disk"):
             ev.add_metric([tier], s["evictions"].get(tier, 0))
