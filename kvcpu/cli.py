@@ -193,20 +193,25 @@ def chat(model, conversation, once, max_tokens, temperature, repeat_penalty, n_c
                    "key: only what was stored under the same API key. A narrower scope keeps one client from "
                    "probing another's prompts through cached_tokens and timing, and costs what they share "
                    "(a common system prompt is prefilled once per scope).")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another name the model answers to in /v1/models (repeatable).")
+@click.option("--strict-model", is_flag=True,
+              help="Refuse (404) a request naming another model; by default any name reaches the one model "
+                   "served, as llama-server and llama-cpp-python's server do (clients often send a fixed name).")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Engines over the same mapped weights, each serving one request at a time.")
 @click.option("--max-queue", default=32, show_default=True, type=click.IntRange(0),
               help="Requests that may wait for an engine; past this, 503 with Retry-After.")
-def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scope, parallel, max_queue,
-          **options) -> None:
+def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scope, aliases, strict_model, parallel,
+          max_queue, **options) -> None:
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, run
 
     store = store_config(options)
     store = store.replace(disk_dir=store.disk_dir or models.kvcpu_home() / "serve")
     config = ServeConfig(model=model, host=host, port=port, store=store, n_ctx=n_ctx, n_threads=threads,
-                         api_keys=_api_keys(api_keys, api_keys_file), cache_scope=cache_scope, parallel=parallel,
-                         max_queue=max_queue)
+                         api_keys=_api_keys(api_keys, api_keys_file), cache_scope=cache_scope, aliases=aliases,
+                         strict_model=strict_model, parallel=parallel, max_queue=max_queue)
     if config.exposed and not config.api_keys:
         err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
                   "address can use the server", highlight=False)

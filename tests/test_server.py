@@ -24,8 +24,8 @@ SYSTEM = "You are a helpful assistant. Answer in one short sentence."
 
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    with kvcpu_serve(model_path, tmp_path_factory.mktemp("serve") / "store", "--max-queue", "1",
-                     api_key=KEY) as srv:
+    with kvcpu_serve(model_path, tmp_path_factory.mktemp("serve") / "store", "--max-queue", "1", "--strict-model",
+                     "--alias", "kvcpu-local", api_key=KEY) as srv:
         yield srv
 
 
@@ -46,8 +46,7 @@ def ask(client, model_id, messages, **kw):
 
 def test_models_list_names_the_served_model(client, model_path):
     models = client.models.list().data
-    assert len(models) == 1 and models[0].object == "model"
-    assert models[0].id == model_path.stem
+    assert [m.id for m in models] == [model_path.stem, "kvcpu-local"] and models[0].object == "model"
     assert client.models.retrieve(models[0].id).id == models[0].id
 
 
@@ -105,10 +104,12 @@ def test_missing_or_wrong_key_is_401(server, model_id):
         assert exc.value.status_code == 401 and "API key" in exc.value.message
 
 
-def test_unknown_model_is_404(client):
+def test_with_strict_model_another_name_is_404_and_an_alias_is_served(client):
     with pytest.raises(openai.NotFoundError) as exc:
         ask(client, "gpt-4o", [{"role": "user", "content": "hi"}])
     assert exc.value.body["code"] == "model_not_found"
+    assert ask(client, "kvcpu-local", [{"role": "user", "content": "hi"}], max_tokens=2).choices
+    assert "kvcpu-local" in [m.id for m in client.models.list().data]
 
 
 @pytest.mark.parametrize("field", [{"temperature": "hot"}, {"max_tokens": 0}, {"max_tokens": "8"},
@@ -334,6 +335,7 @@ def test_f19_a_stream_cut_by_shutdown_ends_with_a_finish_reason(model_path, tmp_
     with kvcpu_serve(model_path, tmp_path / "s") as srv:
         client = srv.client()
         model = client.models.list().data[0].id
+        assert ask(client, "gpt-4o", [{"role": "user", "content": "hi"}], max_tokens=2).choices  # any name: one model
         stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Count to 900."}],
                                                 max_tokens=1500, temperature=0, stream=True)
         chunks = iter(stream)

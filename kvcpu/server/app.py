@@ -50,6 +50,8 @@ class ServeConfig:
     n_threads: int | None = None
     api_keys: tuple[str, ...] = ()  # any of them opens the API; none: no key needed
     cache_scope: str = "shared"  # whose KV a request may reuse: everyone's, its `user`'s, its API key's
+    aliases: tuple[str, ...] = ()  # more names the served model answers to
+    strict_model: bool = False  # refuse (404) any other model name; by default any name is this model
     parallel: int = 1
     max_queue: int = 32  # requests waiting for an engine; past this, 503
     max_body_bytes: int = 8 << 20
@@ -91,7 +93,7 @@ class Server:
         engines += [Engine.from_config(engines[0].info.path, engine_config) for _ in range(config.parallel - 1)]
         info = engines[0].info
         self.model_id = config.model if config.model in models.REGISTRY else Path(info.path).stem
-        self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path}
+        self.model_names = {self.model_id, Path(info.path).name, Path(info.path).stem, info.path, *config.aliases}
         self.store = config.store.replace(disk_dir=config.store_path).open()
         background = BackgroundStore(self.store, config.store.codec, info.fingerprint, model_name=info.path)
         self.pool = EnginePool(engines, background, config.max_queue)
@@ -137,7 +139,8 @@ class Server:
 
     async def list_models(self, request: Request) -> Response:
         self._authorize(request)
-        return JSONResponse({"object": "list", "data": [self._model_card()]})
+        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in (self.model_id,
+                                                                                    *self.config.aliases)]})
 
     async def get_model(self, request: Request) -> Response:
         self._authorize(request)
@@ -153,8 +156,8 @@ class Server:
         body = await asyncio.to_thread(self.telemetry.render)
         return Response(body, media_type=CONTENT_TYPE)
 
-    def _model_card(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "kvcpu"}
+    def _model_card(self, name: str | None = None) -> dict:
+        return {"id": name or self.model_id, "object": "model", "created": self.created, "owned_by": "kvcpu"}
 
     # -- one generation --------------------------------------------------------------------------
 
@@ -268,7 +271,9 @@ class Server:
         return None
 
     def _check_model(self, name: str) -> None:
-        if name not in self.model_names:
+        """One model is served: any name reaches it (clients often send a fixed one), unless
+        --strict-model, which accepts its own names and --alias names only."""
+        if self.config.strict_model and name not in self.model_names:
             raise p.APIError(404, f"the model {name!r} does not exist here; this server runs {self.model_id!r}",
                              param="model", code="model_not_found")
 
