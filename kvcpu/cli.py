@@ -183,8 +183,9 @@ def chat(model, conversation, once, max_tokens, temperature, repeat_penalty, n_c
 @click.option("--threads", type=int, default=None,
               help="llama.cpp threads per engine, for prefill and generation [default: the physical cores, "
                    "shared out among the --parallel engines].")
-@click.option("--api-key", "api_keys", multiple=True, metavar="KEY",
-              help="Require 'Authorization: Bearer KEY'; repeat for several keys [env KVCPU_API_KEY: one key].")
+@click.option("--api-key", "api_keys", multiple=True, metavar="KEY", envvar="KVCPU_API_KEY",
+              help="Require 'Authorization: Bearer KEY'; repeat for several keys [env KVCPU_API_KEY: keys apart by "
+                   "spaces].")
 @click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file of API keys, one a line, each as good as an --api-key.")
 @click.option("--cache-scope", type=click.Choice(["shared", "user", "key"]), default="shared", show_default=True,
@@ -207,9 +208,7 @@ def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scop
     """Serve the OpenAI API (chat and completions); every conversation's KV is kept and reused."""
     from .server import ServeConfig, run
 
-    store = store_config(options)
-    store = store.replace(disk_dir=store.disk_dir or models.kvcpu_home() / "serve")
-    config = ServeConfig(model=model, host=host, port=port, store=store, n_ctx=n_ctx, n_threads=threads,
+    config = ServeConfig(model=model, host=host, port=port, store=store_config(options), n_ctx=n_ctx, n_threads=threads,
                          api_keys=_api_keys(api_keys, api_keys_file), cache_scope=cache_scope, aliases=aliases,
                          strict_model=strict_model, parallel=parallel, max_queue=max_queue)
     if config.exposed and not config.api_keys:
@@ -217,17 +216,15 @@ def serve(model, host, port, n_ctx, threads, api_keys, api_keys_file, cache_scop
                   "address can use the server", highlight=False)
     server = config.open(progress=True)
     server.warm_up()
-    err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {store.disk_dir}, "
-              f"codec {store.codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
+    err.print(f"kvcpu serve: {server.model_id} on http://{host}:{port}/v1 (store {config.store_path}, "
+              f"codec {config.store.codec}, {parallel} engine{'s' if parallel > 1 else ''} of {server.threads} "
               f"thread{'s' if server.threads > 1 else ''})", highlight=False)
     run(server)
 
 
 def _api_keys(given: tuple[str, ...], path: Path | None) -> tuple[str, ...]:
     """The keys of --api-key (or $KVCPU_API_KEY) and of --api-keys-file, blank lines and # comments skipped."""
-    import os
-
-    keys = list(given) or ([os.environ["KVCPU_API_KEY"]] if os.environ.get("KVCPU_API_KEY") else [])
+    keys = list(given)
     if path is not None:
         keys += [k.strip() for k in path.read_text().splitlines() if k.strip() and not k.startswith("#")]
     return tuple(dict.fromkeys(keys))

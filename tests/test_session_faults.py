@@ -170,11 +170,16 @@ def test_f19_sigterm_to_chat_keeps_the_reply_in_flight(model_path, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "kvcpu", "chat", "--model", str(model_path), "--store-dir",
                              str(store), "--max-tokens", "400", "--n-ctx", "1024"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdin.write(b"Count from one to two hundred, in words.\n")
-    proc.stdin.flush()
-    assert proc.stdout.read(1)  # the reply has begun
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        proc.stdin.write(b"Count from one to two hundred, in words.\n")
+        proc.stdin.flush()
+        assert proc.stdout.read(1)  # the reply has begun
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:  # pass or fail, no chat is left running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err.decode()
     with reopen(model_path, tmp_path) as s:
         conv = s.get("default")
