@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import KVCPUError
 
@@ -19,8 +22,24 @@ FALLBACK_BY_ARCH = {"gemma": GEMMA, "gemma2": GEMMA, "gemma3": GEMMA}
 
 @functools.lru_cache(maxsize=8)
 def chat_template(source: str) -> jinja2.Template:
-    """A GGUF chat template (Jinja source), compiled once per distinct source."""
-    return jinja2.Environment(loader=jinja2.BaseLoader()).from_string(source)
+    """A GGUF chat template (Jinja source), compiled once per distinct source, in the environment
+    Hugging Face's tokenizers render it in (as llama.cpp's --jinja and llama-cpp-python do): a
+    sandbox, trimmed blocks, and a `tojson` that keeps key order and non-ASCII text, since the
+    tokens a template makes of tool definitions and tool-call arguments must be the model's own."""
+    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise(message: str):
+    raise jinja2.TemplateError(message)
 
 
 class ChatFormat:
@@ -29,6 +48,8 @@ class ChatFormat:
     def __init__(self, source: str | None, bos: str = "", eos: str = ""):
         self.template = chat_template(source or CHATML)
         self.bos, self.eos = bos, eos
+        # a template that renders `tools` and assistant `tool_calls` itself; others get them as text
+        self.speaks_tools = bool(source) and "tools" in source and "tool_calls" in source
 
     @classmethod
     def of(cls, engine) -> ChatFormat:
@@ -36,10 +57,12 @@ class ChatFormat:
         source = engine.chat_template or FALLBACK_BY_ARCH.get(engine.info.arch, CHATML)
         return cls(source, engine.special_text("bos"), engine.special_text("eos"))
 
-    def render(self, messages: list[dict], generation_prompt: bool) -> str:
-        """The conversation as text; with generation_prompt, ending where the assistant speaks."""
+    def render(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        """The conversation as text; with generation_prompt, ending where the assistant speaks.
+        `tools`: OpenAI tool definitions, for a template that speaks_tools."""
+        extra = {"tools": tools} if tools else {}
         try:
             return self.template.render(messages=messages, add_generation_prompt=generation_prompt,
-                                        bos_token=self.bos, eos_token=self.eos)
+                                        bos_token=self.bos, eos_token=self.eos, **extra)
         except jinja2.TemplateError as exc:
             raise KVCPUError(f"the model's chat template refused these messages: {exc}") from exc

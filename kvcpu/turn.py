@@ -21,7 +21,7 @@ import numpy as np
 
 from . import buffers, kernels
 from .background import BackgroundStore
-from .engine import Engine, SamplingConfig
+from .engine import Engine, Sampler, SamplingConfig
 from .errors import ContextFullError, KVCPUError
 from .snapshot import Snapshot
 from .stops import StopScanner
@@ -89,7 +89,7 @@ class Turn:
     Closing it early (a client gone, Ctrl-C) ends generation and keeps the state so far.
     """
 
-    def __init__(self, runner: TurnRunner, prompt: list[int], max_tokens: int, sampling: SamplingConfig,
+    def __init__(self, runner: TurnRunner, prompt: list[int], max_tokens: int, sampling: SamplingConfig | Sampler,
                  stop: Sequence[str], finish: Callable[[str], Sequence[int]] | None, label: str, owner,
                  replaces: Sequence[int] | None = None, scope: str | None = None):
         self.runner, self.prompt, self.max_tokens, self.sampling = runner, prompt, max_tokens, sampling
@@ -193,7 +193,7 @@ class TurnRunner:
         self.held_fingerprint = self.fingerprint  # whose tokens the engine holds: the model's, or a scope's
         self.last_turn: TurnStats | None = None
 
-    def start(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingConfig | None = None, *,
+    def start(self, prompt: Sequence[int], max_tokens: int, sampling: SamplingConfig | Sampler | None = None, *,
               stop: Sequence[str] = (), finish: Callable[[str], Sequence[int]] | None = None, label: str = "",
               owner=None, replaces: Sequence[int] | None = None, scope: str | None = None) -> Turn:
         """A turn answering `prompt` (token ids, BOS included). `finish(reply)` returns the tokens

@@ -83,3 +83,40 @@ def test_one_chat_turn_answers_sensibly(qwen_path, tmp_path):
         assert "paris" in reply.lower(), reply
         s.chat("q", "And of Italy?", max_tokens=8)
         assert s.last_turn.tokens_restored > 20 and s.last_turn.tokens_prefilled < 20
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
+                   "required": ["city"]}}}
+AGENT_SYSTEM = ("You are a helpful assistant. Call a tool when you need data; once a tool has answered, answer "
+                "the user in plain words using its result.")
+
+
+def test_a_tool_loop_through_kvcpu_serve(qwen_path, tmp_path):
+    """The model's own template renders the tool; its reply is a call with valid JSON arguments;
+    the answer after the tool's result uses it; the second request restores the whole first
+    exchange, prompt and call, from the store."""
+    import json
+
+    from kvcpu.bench.servers import kvcpu_serve
+
+    messages = [{"role": "system", "content": AGENT_SYSTEM},
+                {"role": "user", "content": "What is the weather in Paris?"}]
+    with kvcpu_serve(qwen_path, tmp_path / "store") as srv:
+        client = srv.client()
+        first = client.chat.completions.create(model=QWEN, messages=messages, tools=[WEATHER_TOOL], temperature=0,
+                                               max_tokens=64)
+        assert first.choices[0].finish_reason == "tool_calls", first.choices[0].message
+        [call] = first.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and "paris" in json.loads(call.function.arguments)["city"].lower()
+        messages += [first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 14,
+                                                                                     "sky": "light rain"})}]
+        second = client.chat.completions.create(model=QWEN, messages=messages, tools=[WEATHER_TOOL], temperature=0,
+                                                max_tokens=48)
+    answer = second.choices[0].message.content or ""
+    assert "14" in answer and second.choices[0].finish_reason == "stop", answer
+    # Prefilled: the tool's result and the template's turn tokens, nothing of the first exchange
+    assert second.usage.prompt_tokens - second.usage.prompt_tokens_details.cached_tokens < 40
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens + 10

@@ -386,15 +386,27 @@ def test_f16_cache_scope_key_keeps_api_keys_apart(model_path, tmp_path):
         assert _cached(one, model, messages) > 5
 
 
-@pytest.mark.parametrize("field", [{"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-                                   {"response_format": {"type": "json_object"}}, {"logprobs": True},
-                                   {"frequency_penalty": 0.5}, {"presence_penalty": 1}, {"top_k": 40},
-                                   {"min_p": 0.1}, {"repeat_penalty": 1.1}, {"logit_bias": {"1": 5}},
-                                   {"made_up_field": 1}])
+@pytest.mark.parametrize("field", [{"logit_bias": {"1": 5}}, {"best_of": 2}, {"echo": True}, {"suffix": "end"},
+                                   {"store": True}, {"made_up_field": 1}])
 def test_a_field_kvcpu_does_not_implement_is_400_naming_it(server, model_id, field):
-    """Nothing is silently ignored: an agent that sends tools hears so, not plain text."""
+    """Nothing is silently ignored: a client that sends a field kvcpu does not implement hears so."""
     body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **field}
     status, error = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and error["param"] == next(iter(field)) and error["code"] == "unsupported_field", error
+
+
+def test_a_message_field_kvcpu_does_not_implement_is_400_naming_it(server, model_id):
+    body = {"model": model_id, "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hi", "audio": {"id": "a1"}}]}
+    status, error = _post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and error["param"] == "messages[0].audio" and error["code"] == "unsupported_field", error
+
+
+@pytest.mark.parametrize("field", [{"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                   {"response_format": {"type": "json_object"}}, {"logprobs": 2}])
+def test_chat_fields_on_completions_are_400_naming_them(server, model_id, field):
+    body = {"model": model_id, "prompt": "Once upon a time", "max_tokens": 2, **field}
+    status, error = _post(server, "/v1/completions", json.dumps(body).encode())
     assert status == 400 and error["param"] == next(iter(field)) and error["code"] == "unsupported_field", error
 
 

@@ -11,7 +11,7 @@ from importlib import import_module
 # the same name. The research harnesses that measure the project (eviction against libCacheSim, the
 # held-out traces, sharing, llama-cpp-python's cache) live in the repository's bench/research and
 # join the same runner through `python bench/run.py` (suites.register).
-SUITE_NAMES = ("kernels", "quality", "restore", "turn", "session", "serve", "remote")
+SUITE_NAMES = ("kernels", "quality", "restore", "turn", "session", "serve", "agent", "remote")
 
 _EXPORTS = {"FORMAT": "results", "VERSION": "results", "load": "results", "validate": "results",
             "BenchConfig": "run", "run_bench": "run", "Limits": "recommend",

@@ -5,8 +5,9 @@ which models and cache types it takes; `logs` routes llama.cpp's log; `build` re
 llama.cpp's version and SIMD and makes the bare baselines the benchmarks compare against.
 """
 
+from ..sampling import Sampler, SamplingConfig
 from .build import llama_ram_cache, llama_system_info, llama_versions, plain_llama
-from .core import Engine, EngineConfig, ModelInfo, SamplingConfig, default_threads
+from .core import Engine, EngineConfig, ModelInfo, default_threads
 
-__all__ = ["Engine", "EngineConfig", "ModelInfo", "SamplingConfig", "default_threads", "llama_ram_cache",
+__all__ = ["Engine", "EngineConfig", "ModelInfo", "Sampler", "SamplingConfig", "default_threads", "llama_ram_cache",
            "llama_system_info", "llama_versions", "plain_llama"]

@@ -14,6 +14,7 @@ import psutil
 from .. import buffers, models
 from ..errors import EngineError, ModelNotSupportedError
 from ..ggml_types import ggml_type
+from ..sampling import Sampler, SamplingConfig
 from ..state import KVState
 from .admission import ModelInfo, check_cache_types, model_info, unsupported_memory
 from .logs import recent_errors, route_llama_logs
@@ -43,19 +44,6 @@ class EngineConfig:
     type_v: str | int | None = None
     logits_all: bool = False
     verbose: bool = False
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Token sampling: temperature 0 is greedy and deterministic. repeat_penalty > 1 divides the
-    logits of tokens seen in the last repeat_last_n (llama.cpp's rule), which keeps small models
-    out of loops."""
-
-    temperature: float = 0.0
-    top_p: float = 0.95
-    seed: int | None = None
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
 
 
 class Engine:
@@ -182,23 +170,16 @@ class Engine:
         self.llama.n_tokens -= 1
         self.eval([last])
 
-    def sample(self, sampling: SamplingConfig, rng: np.random.Generator) -> int:
-        """Pick the next token from the last logits: argmax, or nucleus sampling at a temperature."""
-        logits = self.last_logits()
-        if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n > 0:
-            seen = np.unique(self.llama.input_ids[max(0, self.n_past - sampling.repeat_last_n) : self.n_past])
-            picked = logits[seen]
-            logits[seen] = np.where(picked > 0, picked / sampling.repeat_penalty, picked * sampling.repeat_penalty)
-        if sampling.temperature <= 0:
-            return int(np.argmax(logits))
-        z = logits.astype(np.float64) / sampling.temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        order = np.argsort(p)[::-1]
-        keep = order[: int(np.searchsorted(np.cumsum(p[order]), sampling.top_p)) + 1]
-        return int(rng.choice(keep, p=p[keep] / p[keep].sum()))
+    def sample(self, sampling: SamplingConfig | Sampler, rng: np.random.Generator | None = None) -> int:
+        """Pick the next token from the last logits (kvcpu.sampling: argmax, or sampling at a
+        temperature; with a Sampler's grammar, only what it allows)."""
+        sampler = sampling if isinstance(sampling, Sampler) else Sampler(sampling)
+        if rng is not None:
+            sampler.rng = rng
+        window = sampler.config.repeat_last_n
+        return sampler.pick(self.last_logits(), self.llama.input_ids[max(0, self.n_past - window) : self.n_past])
 
-    def generate(self, max_tokens: int, sampling: SamplingConfig = SamplingConfig()) -> Iterator[int]:
+    def generate(self, max_tokens: int, sampling: SamplingConfig | Sampler | None = None) -> Iterator[int]:
         """Yield up to max_tokens new tokens after the current state, stopping at end-of-generation.
 
         A token is yielded as soon as it is sampled and evaluated when the next one is asked for,
@@ -207,7 +188,7 @@ class Engine:
         it yielded."""
         if self.n_past == 0:
             raise EngineError("generate needs at least one evaluated token")
-        rng = np.random.default_rng(sampling.seed)
+        sampler = sampling if isinstance(sampling, Sampler) else Sampler(sampling or SamplingConfig())
         pending = None
         try:
             for _ in range(max_tokens):
@@ -216,7 +197,7 @@ class Engine:
                     pending = None
                 if self.n_past >= self.config.n_ctx:
                     return
-                token = self.sample(sampling, rng)
+                token = self.sample(sampler)
                 if self.is_eog(token):
                     return
                 pending = token

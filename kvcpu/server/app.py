@@ -30,6 +30,7 @@ from ..store import StoreConfig
 from . import protocol as p
 from .pool import EnginePool, Failed, Finished, Job, Started, Text
 from .telemetry import CONTENT_TYPE, Telemetry
+from .tools import ToolCallReader, read_reply
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Server:
         if req.stream:
             return StreamingResponse(self._stream(req, job, rid, created, t0), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts, ttft, check_at = [], None, time.monotonic() + DISCONNECT_POLL_S
+        texts, logprobs, ttft, check_at = [], [], None, time.monotonic() + DISCONNECT_POLL_S
         while True:
             try:
                 event = await asyncio.wait_for(job.next(), DISCONNECT_POLL_S)
@@ -191,15 +192,21 @@ class Server:
             if isinstance(event, Text):
                 ttft = ttft or time.perf_counter() - t0
                 texts.append(event.text)
+                logprobs += event.logprobs or []
             elif isinstance(event, Failed):
                 raise _as_api_error(event.error)
             else:
                 use = self._finished(event, ttft)
-                return JSONResponse(p.reply(req, rid, created, self.model_id, "".join(texts),
-                                            event.turn.finish_reason, use))
+                text, reason, calls = "".join(texts), event.turn.finish_reason, None
+                if req.tools is not None and req.tools.active:
+                    text, found = read_reply(text, req.tools)
+                    calls = [c.as_openai() for c in found]
+                    text, reason = (text or None, _with_calls(reason)) if calls else (text, reason)
+                return JSONResponse(p.reply(req, rid, created, self.model_id, text, reason, use, calls,
+                                            logprobs if req.top_logprobs is not None else None))
 
     async def _stream(self, req: p.GenerationRequest, job: Job, rid: str, created: int, t0: float):
-        ttft, cut = None, False
+        ttft, cut, out = None, False, _StreamWriter(req, rid, created, self.model_id)
         try:
             yield p.sse(p.chunk(req, rid, created, self.model_id, text="", first=True))
             while True:
@@ -211,14 +218,16 @@ class Server:
                 if isinstance(event, Text):
                     ttft = ttft or time.perf_counter() - t0
                     if not cut:
-                        yield p.sse(p.chunk(req, rid, created, self.model_id, text=event.text))
+                        for piece in out.text(event.text, event.logprobs):
+                            yield piece
                 elif isinstance(event, Failed):
                     yield p.sse(_as_api_error(event.error).body())
                     break
                 elif isinstance(event, Finished):
                     use = self._finished(event, ttft)
                     reason = "length" if cut else event.turn.finish_reason  # cut short, as by max_tokens
-                    yield p.sse(p.chunk(req, rid, created, self.model_id, finish_reason=reason))
+                    for piece in out.finish(reason):
+                        yield piece
                     if req.include_usage:
                         yield p.sse(p.chunk(req, rid, created, self.model_id, use=use))
                     break
@@ -288,6 +297,52 @@ class Server:
             if len(body) > limit:
                 raise p.APIError(413, f"the request body exceeds the limit of {limit:,} bytes")
         return bytes(body)
+
+
+class _StreamWriter:
+    """A chat stream's events: content as it comes, each tool call as OpenAI streams one (its id
+    and name, then its arguments), and logprobs with the content they belong to."""
+
+    def __init__(self, req: p.GenerationRequest, rid: str, created: int, model: str):
+        self.req, self.rid, self.created, self.model = req, rid, created, model
+        self.reader = ToolCallReader(req.tools) if req.tools is not None and req.tools.active else None
+        self.logprobs: list[dict] = []
+
+    def _chunk(self, **kw) -> bytes:
+        return p.sse(p.chunk(self.req, self.rid, self.created, self.model, **kw))
+
+    def text(self, text: str, logprobs: list[dict] | None) -> list[bytes]:
+        self.logprobs += logprobs or []
+        return self._pieces(self.reader.feed(text) if self.reader else [text])
+
+    def finish(self, reason: str) -> list[bytes]:
+        out = self._pieces(self.reader.finish()) if self.reader else []
+        if self.reader is not None and self.reader.calls:
+            reason = _with_calls(reason)
+        return out + [self._chunk(finish_reason=reason, logprobs=self._take_logprobs())]
+
+    def _take_logprobs(self) -> list[dict] | None:
+        if self.req.top_logprobs is None:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return taken
+
+    def _pieces(self, parts: list) -> list[bytes]:
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(self._chunk(text=part, logprobs=self._take_logprobs()))
+                continue
+            index = self.reader.calls.index(part)
+            head = {"index": index, "id": part.id, "type": "function", "function": {"name": part.name, "arguments": ""}}
+            out.append(self._chunk(tool_calls=[head]))
+            out.append(self._chunk(tool_calls=[{"index": index, "function": {"arguments": part.arguments}}]))
+        return out
+
+
+def _with_calls(reason: str) -> str:
+    """A reply that made tool calls ends with 'tool_calls', unless it was cut short."""
+    return "tool_calls" if reason == "stop" else reason
 
 
 def _as_api_error(exc: Exception) -> p.APIError:

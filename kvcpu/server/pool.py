@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..background import BackgroundStore
-from ..engine import Engine, SamplingConfig
+from ..engine import Engine
 from ..errors import KVCPUError
 from ..template import ChatFormat
 from ..turn import Turn, TurnRunner
+from .prompt import Prepared, logprob_entries, prepare
 from .protocol import APIError, GenerationRequest
 
 
@@ -32,6 +33,7 @@ class Started:
 @dataclass(frozen=True)
 class Text:
     text: str
+    logprobs: list[dict] | None = None  # the tokens sampled since the last piece, when asked for
 
 
 @dataclass(frozen=True)
@@ -134,56 +136,47 @@ def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: th
            scope: str | None) -> None:
     """On the engine's thread: tokenize, check the context, run the turn, emit its pieces."""
     try:
-        turn, n_prompt, max_tokens = _start(worker, req, n_ctx, scope)
+        turn, prepared, max_tokens = _start(worker, req, n_ctx, scope)
     except (KVCPUError, ValueError) as exc:
         emit(Failed(exc))
         return
+    n_prompt, picks, shown = len(prepared.prompt), prepared.sampler.logprobs, 0
     emit(Started(n_prompt, max_tokens))
     try:
         for text in turn:
             if cancel.is_set():
                 break
-            emit(Text(text))
+            # the logprobs of the tokens sampled since the last piece (None when not asked for)
+            entries = logprob_entries(worker.engine, picks[shown:]) if req.top_logprobs is not None else None
+            shown = len(picks)
+            emit(Text(text, entries))
     except Exception as exc:  # the turn failed midway: the client hears of it, the server goes on
         log.exception("a turn failed")
         emit(Failed(exc))
         return
     finally:
         turn.close()
+        prepared.close()
     emit(Finished(turn, n_prompt))
 
 
-def _start(worker: _Worker, req: GenerationRequest, n_ctx: int, scope: str | None) -> tuple[Turn, int, int]:
-    eng = worker.engine
-    if req.is_chat:
-        messages = list(req.messages)
-        prompt_text = worker.format.render(messages, True)
-        prompt = eng.tokenize(prompt_text)
-
-        def finish(reply: str) -> list[int]:  # the conversation as the client will send it next time
-            return eng.tokenize(worker.format.render(messages + [{"role": "assistant", "content": reply}], False))
-    elif isinstance(req.prompt, str):
-        prompt_text = req.prompt
-        prompt = eng.tokenize(prompt_text)
-
-        def finish(reply: str) -> list[int]:
-            return eng.tokenize(prompt_text + reply)
-    else:
-        prompt, finish = list(req.prompt), None
-        if max(prompt) >= eng.info.n_vocab:
-            raise APIError(400, f"token id {max(prompt)} is out of the vocabulary (n_vocab={eng.info.n_vocab})",
-                           param="prompt")
+def _start(worker: _Worker, req: GenerationRequest, n_ctx: int, scope: str | None) -> tuple[Turn, Prepared, int]:
+    prepared = prepare(worker.engine, worker.format, req)
+    prompt = prepared.prompt
     room = n_ctx - len(prompt)
-    if room < 1:
-        raise APIError(400, f"this model's context is {n_ctx} tokens, but the prompt has {len(prompt)} tokens; "
-                            "shorten it", param="messages" if req.is_chat else "prompt",
-                       code="context_length_exceeded")
-    if req.max_tokens is not None and req.max_tokens > room:
-        raise APIError(400, f"this model's context is {n_ctx} tokens: the prompt's {len(prompt)} tokens plus "
-                            f"max_tokens={req.max_tokens} exceed it; ask for at most {room}",
-                       param="max_tokens", code="context_length_exceeded")
-    max_tokens = req.max_tokens or room
-    sampling = SamplingConfig(req.temperature, top_p=req.top_p, seed=req.seed)
-    turn = worker.runner.start(prompt, max_tokens, sampling, stop=req.stop, finish=finish, owner=req.user,
-                               scope=scope)
-    return turn, len(prompt), max_tokens
+    try:
+        if room < 1:
+            raise APIError(400, f"this model's context is {n_ctx} tokens, but the prompt has {len(prompt)} tokens; "
+                                "shorten it", param="messages" if req.is_chat else "prompt",
+                           code="context_length_exceeded")
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise APIError(400, f"this model's context is {n_ctx} tokens: the prompt's {len(prompt)} tokens plus "
+                                f"max_tokens={req.max_tokens} exceed it; ask for at most {room}",
+                           param="max_tokens", code="context_length_exceeded")
+        max_tokens = req.max_tokens or room
+        turn = worker.runner.start(prompt, max_tokens, prepared.sampler, stop=req.stop, finish=prepared.finish,
+                                   owner=req.user, scope=scope)
+    except BaseException:
+        prepared.close()
+        raise
+    return turn, prepared, max_tokens

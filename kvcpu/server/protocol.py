@@ -13,16 +13,22 @@ import uuid
 from dataclasses import dataclass
 
 from ..errors import APIError
+from ..sampling import MAX_TOP_LOGPROBS
+from .tools import ToolUse, check_message_tools, parse_tool_use
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 # The fields kvcpu serve implements; any other field is refused with a 400 naming it, unless it
 # carries the value that asks for nothing (a client library's explicit default), never ignored.
 SUPPORTED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
-             "stop", "stream", "stream_options", "user", "n"}
-NEUTRAL = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logprobs": (False,), "top_logprobs": (0,),
-           "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},), "echo": (False,),
-           "best_of": (1,), "logit_bias": ({},), "suffix": ("",), "parallel_tool_calls": (True, False),
-           "store": (False,), "metadata": ({},)}
+             "stop", "stream", "stream_options", "user", "n", "frequency_penalty", "presence_penalty", "repeat_penalty",
+             "top_k", "min_p", "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs",
+             "top_logprobs"}
+NEUTRAL = {"echo": (False,), "best_of": (1,), "logit_bias": ({},), "suffix": ("",), "store": (False,),
+           "metadata": ({},)}
+# Chat's alone: /v1/completions refuses them unless they ask for nothing (its `logprobs` is another shape)
+CHAT_ONLY = {"tools": ([],), "tool_choice": ("none",), "parallel_tool_calls": (True, False),
+             "response_format": ({"type": "text"},), "logprobs": (False, 0), "top_logprobs": (0,)}
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id"}
 MAX_STOPS = 4  # as OpenAI allows
 MAX_STOP_CHARS = 256  # each; scanning is linear, but nobody's stop string is a page long
 
@@ -43,6 +49,14 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    top_logprobs: int | None = None  # None: no logprobs; else how many alternatives per token
+    tools: ToolUse | None = None
+    json_schema: dict | None = None  # response_format's: the reply is JSON valid under it
 
     @property
     def is_chat(self) -> bool:
@@ -69,7 +83,16 @@ def parse_chat(body: dict) -> GenerationRequest:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
     checked = tuple(_message(m, i) for i, m in enumerate(messages))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    return _common(body, messages=checked, prompt=None, max_tokens=max_tokens)
+    tools, schema = parse_tool_use(body), _response_schema(body.get("response_format"))
+    if schema is not None and tools is not None and tools.active:
+        raise APIError(400, "'response_format' with tools: send one or the other (or tool_choice 'none')",
+                       param="response_format")
+    logprobs, top = _typed(body, "logprobs", bool, False), body.get("top_logprobs")
+    if top is not None and not (_is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS and logprobs):
+        raise APIError(400, f"'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}, with logprobs true",
+                       param="top_logprobs")
+    return _common(body, messages=checked, prompt=None, max_tokens=max_tokens, tools=tools, json_schema=schema,
+                   top_logprobs=(top or 0) if logprobs else None)
 
 
 def parse_completion(body: dict) -> GenerationRequest:
@@ -83,6 +106,10 @@ def parse_completion(body: dict) -> GenerationRequest:
         raise APIError(400, "'prompt' must be a non-empty string, or an array of token ids", param="prompt")
     else:
         _check_text(prompt, "prompt")
+    for name, neutral in CHAT_ONLY.items():
+        if body.get(name) is not None and body[name] not in neutral:
+            raise APIError(400, f"'{name}' is for /v1/chat/completions; /v1/completions does not support it",
+                           param=name, code="unsupported_field")
     return _common(body, messages=None, prompt=prompt, max_tokens=body.get("max_tokens"))
 
 
@@ -107,7 +134,28 @@ def _message(m, i: int) -> dict:
         raise APIError(400, f"messages[{i}].content must be a string or an array of text parts",
                        param=f"messages[{i}].content")
     _check_text(content, f"messages[{i}].content")
-    return {"role": "system" if role == "developer" else role, "content": content}
+    unknown = sorted(k for k, v in m.items() if k not in MESSAGE_KEYS and v is not None)
+    if unknown:
+        raise APIError(400, f"messages[{i}] has fields kvcpu serve does not support: {unknown}",
+                       param=f"messages[{i}].{unknown[0]}", code="unsupported_field")
+    out = {"role": "system" if role == "developer" else role, "content": content, **check_message_tools(m, i)}
+    if isinstance(m.get("name"), str):
+        out["name"] = m["name"]  # for templates that render it
+    return out
+
+
+def _response_schema(fmt) -> dict | None:
+    """response_format as the JSON schema the reply must follow; None for plain text."""
+    if fmt is None or fmt == {"type": "text"}:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise APIError(400, "'response_format' must be {'type': 'text'}, {'type': 'json_object'} or "
+                            "{'type': 'json_schema', 'json_schema': {'name', 'schema'}}", param="response_format")
+    return spec.get("schema") or {"type": "object"}
 
 
 def _refuse_unsupported(body: dict) -> None:
@@ -120,7 +168,7 @@ def _refuse_unsupported(body: dict) -> None:
                        param=name, code="unsupported_field")
 
 
-def _common(body: dict, *, messages, prompt, max_tokens) -> GenerationRequest:
+def _common(body: dict, *, messages, prompt, max_tokens, **chat) -> GenerationRequest:
     _refuse_unsupported(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -154,7 +202,11 @@ def _common(body: dict, *, messages, prompt, max_tokens) -> GenerationRequest:
     return GenerationRequest(
         model=model, messages=messages, prompt=prompt, max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        seed=seed, stop=tuple(stop), stream=stream, include_usage=bool(options.get("include_usage")), user=user)
+        seed=seed, stop=tuple(stop), stream=stream, include_usage=bool(options.get("include_usage")), user=user,
+        top_k=_count(body, "top_k"), min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        repeat_penalty=_number(body, "repeat_penalty", 1.0, 0.01, 10.0), **chat)
 
 
 def _check_text(text: str, param: str) -> None:
@@ -168,6 +220,15 @@ def _check_text(text: str, param: str) -> None:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _count(body: dict, name: str) -> int:
+    value = body.get(name)
+    if value is None:
+        return 0
+    if not _is_int(value) or value < 0:
+        raise APIError(400, f"'{name}' must be an integer of at least 0, not {value!r}", param=name)
+    return value
 
 
 def _typed(body: dict, name: str, kind: type, default):
@@ -203,12 +264,15 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def reply(req: GenerationRequest, rid: str, created: int, model: str, text: str, finish_reason: str,
-          use: dict) -> dict:
-    """The whole (non-streamed) answer."""
+def reply(req: GenerationRequest, rid: str, created: int, model: str, text: str | None, finish_reason: str,
+          use: dict, tool_calls: list[dict] | None = None, logprobs: list[dict] | None = None) -> dict:
+    """The whole (non-streamed) answer; a chat's with its tool calls and token logprobs."""
     if req.is_chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish_reason}
+        message = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason,
+                  "logprobs": None if logprobs is None else {"content": logprobs}}
         return {"id": rid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [choice], "usage": use}
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
@@ -217,14 +281,18 @@ def reply(req: GenerationRequest, rid: str, created: int, model: str, text: str,
 
 
 def chunk(req: GenerationRequest, rid: str, created: int, model: str, text: str | None = None,
-          finish_reason: str | None = None, first: bool = False, use: dict | None = None) -> dict:
-    """One streamed piece: text, or the finish reason, or (with include_usage) the usage."""
+          finish_reason: str | None = None, first: bool = False, use: dict | None = None,
+          tool_calls: list[dict] | None = None, logprobs: list[dict] | None = None) -> dict:
+    """One streamed piece: text, tool-call deltas, or the finish reason, or (with include_usage)
+    the usage."""
     if req.is_chat:
         delta = {} if text is None else {"content": text}
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
         if first:
             delta = {"role": "assistant", **delta}
-        choices = [] if use is not None else [{"index": 0, "delta": delta, "logprobs": None,
-                                               "finish_reason": finish_reason}]
+        choices = [] if use is not None else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                               "logprobs": None if logprobs is None else {"content": logprobs}}]
         out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
     else:
         choices = [] if use is not None else [{"index": 0, "text": text or "", "logprobs": None,

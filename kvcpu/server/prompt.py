@@ -1,0 +1,94 @@
+"""A checked request made into what a turn runs: the prompt's tokens, the sampler (with the
+grammar that forces a tool call or JSON), and `finish`, the tokens the conversation will be
+when the client sends it back with this reply, so that its stored state matches that request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..engine import Engine
+from ..engine.grammar import Grammar, schema_gbnf
+from ..sampling import Sampler, SamplingConfig, TokenLogprob
+from ..template import ChatFormat
+from .protocol import APIError, GenerationRequest
+from .tools import CLOSE, OPEN, assistant_message, read_reply, template_messages
+
+
+@dataclass
+class Prepared:
+    """One request's prompt, sampler and finish; close() frees its grammar."""
+
+    prompt: list[int]
+    sampler: Sampler
+    finish: Callable[[str], list[int]] | None
+    grammar: Grammar | None = None
+
+    def close(self) -> None:
+        if self.grammar is not None:
+            self.grammar.close()
+
+
+def prepare(eng: Engine, fmt: ChatFormat, req: GenerationRequest) -> Prepared:
+    """The prompt, sampler and finish of a request on this engine."""
+    if req.is_chat:
+        prompt, finish = _chat(eng, fmt, req)
+    elif isinstance(req.prompt, str):
+        text = req.prompt
+        prompt, finish = eng.tokenize(text), lambda reply: eng.tokenize(text + reply)
+    else:
+        prompt, finish = list(req.prompt), None
+        if max(prompt) >= eng.info.n_vocab:
+            raise APIError(400, f"token id {max(prompt)} is out of the vocabulary (n_vocab={eng.info.n_vocab})",
+                           param="prompt")
+    grammar = _grammar(eng, req)
+    config = SamplingConfig(req.temperature, top_p=req.top_p, seed=req.seed, repeat_penalty=req.repeat_penalty,
+                            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+                            top_k=req.top_k, min_p=req.min_p)
+    return Prepared(prompt, Sampler(config, grammar, req.top_logprobs), finish, grammar)
+
+
+def _chat(eng: Engine, fmt: ChatFormat, req: GenerationRequest):
+    tools = req.tools
+    messages = template_messages(list(req.messages), tools, fmt.speaks_tools)
+    listed = list(tools.tools) if tools is not None and fmt.speaks_tools else None
+    prompt = eng.tokenize(fmt.render(messages, True, listed))
+
+    def finish(reply: str) -> list[int]:  # the conversation as the client will send it next time
+        if tools is not None and tools.active:
+            content, calls = read_reply(reply, tools)
+            said = assistant_message(content, calls)
+        else:
+            said = {"role": "assistant", "content": reply}
+        history = template_messages(list(req.messages) + [said], tools, fmt.speaks_tools)
+        return eng.tokenize(fmt.render(history, False, listed))
+
+    return prompt, finish
+
+
+def _grammar(eng: Engine, req: GenerationRequest) -> Grammar | None:
+    """The grammar a forced tool call or a JSON reply needs; None when the output is free."""
+    try:
+        if req.tools is not None and req.tools.forced:
+            parallel = req.tools.parallel and req.tools.choice == "required"
+            gbnf = schema_gbnf(req.tools.call_schema(), f"{OPEN}\n", f"\n{CLOSE}", "\n" if parallel else None)
+        elif req.json_schema is not None:
+            gbnf = schema_gbnf(req.json_schema)
+        else:
+            return None
+        return Grammar(eng, gbnf)
+    except Exception as exc:  # a schema the converter or llama.cpp cannot take is the client's to fix
+        param = "tools" if req.tools is not None and req.tools.forced else "response_format"
+        raise APIError(400, f"cannot constrain the reply to this schema: {exc}", param=param) from None
+
+
+def logprob_entries(eng: Engine, picks: list[TokenLogprob]) -> list[dict]:
+    """OpenAI's chat logprobs content for these tokens."""
+    return [{**_entry(eng, p.token, p.logprob), "top_logprobs": [_entry(eng, t, lp) for t, lp in p.top]}
+            for p in picks]
+
+
+def _entry(eng: Engine, token: int, logprob: float) -> dict:
+    raw = eng.token_bytes([token])
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
