@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from kvcpu.bench.servers import kvcpu_serve
+from kvcpu.server.protocol import checked_messages
 from kvcpu.server.tools import ToolUse, assistant_message, read_reply, template_messages
 from kvcpu.template import ChatFormat
 
@@ -78,9 +79,7 @@ def test_a_forced_call_is_written_as_the_template_renders_it(client, make_engine
 
 def _checked(messages):
     """Messages as the server checks them: tool-call arguments parsed."""
-    from kvcpu.server.protocol import _message
-
-    return [_message(m, i) for i, m in enumerate(messages)]
+    return checked_messages(messages)
 
 
 def test_a_tool_loop_reuses_the_whole_transcript(client, make_engine):

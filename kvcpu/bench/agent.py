@@ -45,8 +45,8 @@ ASKS = [("get_weather", "What is the weather in {}?", ["Paris", "Oslo", "Lima", 
         ("search_docs", "Search the docs for {}.", ["eviction", "snapshots", "the disk tier", "codecs", "restarts"]),
         ("read_file", "Read the file {} and summarise it.", ["README.md", "setup.py", "docs/design.md", "Makefile"]),
         ("run_sql", "How many rows does the table {} have? Query it.", ["users", "orders", "events", "invoices"])]
-GUIDE = ("You are an agent with tools. Call a tool when you need data; once a tool has answered, answer the "
-         "user in plain words using its result.\n\nReference notes follow.\n\n")
+GUIDE = ("You are an agent with tools. When the user asks for data, reply with a tool call and nothing else. Once "
+         "a tool has answered, answer the user in plain words using its result.\n\nReference notes follow.\n\n")
 
 
 def params(quick: bool) -> dict:
@@ -130,8 +130,10 @@ def _ask(client, model: str, messages: list[dict], max_tokens: int) -> dict:
             "usage": usage}
 
 
-def _replay(start, trace: list[dict], agents: _Agents, max_tokens: int, logged: bool) -> list[dict]:
-    """The trace on a server, restarted halfway; one row per request."""
+def _replay(start, trace: list[dict], agents: _Agents, max_tokens: int, logged: bool, count_prompt) -> list[dict]:
+    """The trace on a server, restarted halfway; one row per request. `logged`: the server reports
+    no usage (llama-cpp-python's): its log says what it prefilled, `count_prompt` the prompt's tokens
+    as the model's own template renders it."""
     rows, server, half = [], start(), len(trace) // 2
     try:
         for i, step in enumerate(trace):
@@ -145,7 +147,7 @@ def _replay(start, trace: list[dict], agents: _Agents, max_tokens: int, logged: 
             got = _ask(client, model, messages, max_tokens)
             parsed = agents.answered(step, got["content"], got["calls"])
             use = got["usage"]
-            prompt = use.prompt_tokens if use else 0
+            prompt = use.prompt_tokens if use else count_prompt(messages)
             details = getattr(use, "prompt_tokens_details", None) if use else None
             prefilled = (_llama_prefilled(server, log_at, prompt) if logged
                          else prompt - ((details.cached_tokens or 0) if details else 0))
@@ -173,13 +175,21 @@ def run(ctx: SuiteContext, agents: int, loops: int, system_tokens: int, result_t
         n_ctx: int) -> dict:
     """Every server, side by side in one run, on the same trace."""
     from ..engine import Engine
+    from ..server.protocol import checked_messages
+    from ..server.tools import ToolUse, template_messages
+    from ..template import ChatFormat
     from .servers import find_llama_server, kvcpu_serve, llama_cpp_server, llama_server
 
     trace = agent_trace(agents, loops, tuple(result_tokens), ctx.seed)
-    with Engine.load(ctx.model_path, n_ctx=n_ctx) as eng:
-        system = GUIDE + eng.detokenize(corpus_tokens(eng, system_tokens)[1:])
-        prose_tokens = corpus_tokens(eng, 4000)[1:]
-        prose = [eng.detokenize([t]) for t in prose_tokens]
+    eng = Engine.load(ctx.model_path, n_ctx=n_ctx)
+    system = GUIDE + eng.detokenize(corpus_tokens(eng, system_tokens)[1:])
+    prose = [eng.detokenize([t]) for t in corpus_tokens(eng, 4000)[1:]]
+    fmt, tools = ChatFormat.of(eng), ToolUse(tuple(TOOLS), "auto", True)
+
+    def count_prompt(messages: list[dict]) -> int:
+        checked = template_messages(checked_messages(messages), tools, fmt.speaks_tools)
+        return len(eng.tokenize(fmt.render(checked, True, TOOLS if fmt.speaks_tools else None)))
+
     binary = find_llama_server()
     with tempfile.TemporaryDirectory(prefix="kvcpu-bench-agent-") as tmp:
         tmp = Path(tmp)
@@ -194,8 +204,9 @@ def run(ctx: SuiteContext, agents: int, loops: int, system_tokens: int, result_t
         servers = []
         for i, (name, role, start, logged) in enumerate(runs):
             ctx.tick(i, len(runs), name)
-            rows = _replay(start, trace, _Agents(system, agents, prose), max_tokens, logged)
+            rows = _replay(start, trace, _Agents(system, agents, prose), max_tokens, logged, count_prompt)
             servers.append(_summary(name, role, rows))
+    eng.close()
     return {"agents": agents, "loops": loops, "system_tokens": system_tokens, "result_tokens": list(result_tokens),
             "max_tokens": max_tokens, "n_ctx": n_ctx, "requests": len(trace), "llama_server": binary is not None,
             "servers": servers}

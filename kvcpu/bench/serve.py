@@ -98,8 +98,25 @@ def _replay(server, trace: list[dict], history: _History, max_tokens: int, kvcpu
             prefilled = _llama_prefilled(server, log_at, prompt)
             generated = max(1, len(parts))  # llama-cpp-python streams one token a chunk
         rows.append({"client": req["client"], "prompt_tokens": prompt, "prefilled": prefilled,
-                     "completion_tokens": generated, "ttft_ms": (ttft or total) * 1e3, "total_ms": total * 1e3})
+                     "completion_tokens": generated, "ttft_ms": (ttft or total) * 1e3, "total_ms": total * 1e3,
+                     **turn_timings(server, log_at)})
     return rows
+
+
+TURN_LINE = re.compile(r"restored (\d+) tokens in ([\d.]+) ms.*prefilled (\d+) in (\d+) ms, first token at (\d+) ms")
+
+
+def turn_timings(server, log_at: int) -> dict:
+    """kvcpu serve's own account of the request's turn (its -v log): the restore, and the prefill
+    of the new tokens alone, the ceiling a warm request's time to first token is measured against."""
+    with open(server.log_path, "rb") as f:
+        f.seek(log_at)
+        found = TURN_LINE.findall(f.read().decode(errors="replace"))
+    if not found:
+        return {}
+    restored, restore_ms, prefilled, prefill_ms, ttft_ms = found[-1]
+    return {"turn_restore_ms": float(restore_ms), "turn_prefill_ms": float(prefill_ms),
+            "turn_ttft_ms": float(ttft_ms)}
 
 
 def _llama_prefilled(server, log_at: int, prompt_tokens: int) -> int:
@@ -144,13 +161,43 @@ def _measure(name: str, start, trace: list[dict], system: str, p: dict, kvcpu: b
         server.stop()
     ttft = [r["ttft_ms"] for r in rows]
     warm = statistics.median(ttft[1:])
+    over = [r["ttft_ms"] / r["turn_prefill_ms"] for r in rows[1:] if r.get("turn_prefill_ms")]
     return {"system": name, "rows": rows, "ttft_mean_ms": statistics.mean(ttft),
             "ttft_warm_mean_ms": statistics.mean(ttft[1:]),
             "ttft_p50_ms": float(np.percentile(ttft, 50)), "ttft_p95_ms": float(np.percentile(ttft, 95)),
             "prefilled": sum(r["prefilled"] for r in rows), "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
             "tokens_per_s": sum(r["completion_tokens"] for r in rows) / wall, "requests_per_s": len(rows) / wall,
             "peak_rss_mb": peak / 2**20, "restart_ttft_ms": after["ttft_ms"], "restart_prefilled": after["prefilled"],
-            "warm_ttft_ms": warm, "restart_over_warm": after["ttft_ms"] / warm}
+            "warm_ttft_ms": warm, "restart_over_warm": after["ttft_ms"] / warm, "cold_ttft_ms": ttft[0],
+            "warm_over_prefill": statistics.median(over) if over else None}
+
+
+def decode_overhead(model_path, prose: str, tmp: Path, n_ctx: int, max_tokens: int = 64, reps: int = 2) -> dict:
+    """Time per generated token through kvcpu serve (streamed, from the first chunk to the last)
+    against a Session's own decode rate, on the same message at the same context, turn by turn
+    alternating: what the server adds per token."""
+    from ..session import Session
+    from .servers import kvcpu_serve
+
+    message = prose + "\n\nWrite a long story about a lighthouse keeper."
+    server_ms, session_ms = [], []
+    with kvcpu_serve(model_path, tmp / "decode-store", n_ctx=n_ctx, log_path=tmp / "decode.log") as srv, \
+            Session(model_path, codec="int8", n_ctx=n_ctx, disk_dir=tmp / "decode-session") as session:
+        client = srv.client()
+        for i in range(reps):
+            stamps, usage = [], None
+            for chunk in client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": message}], max_tokens=max_tokens, temperature=0,
+                    stream=True, stream_options={"include_usage": True}, extra_body={"repeat_penalty": 1.1}):
+                usage = chunk.usage or usage
+                if chunk.choices and chunk.choices[0].delta.content:
+                    stamps.append(time.perf_counter())
+            if len(stamps) > 1:
+                server_ms.append((stamps[-1] - stamps[0]) * 1e3 / (usage.completion_tokens - 1))
+            session.chat(f"decode-{i}", message, max_tokens=max_tokens, repeat_penalty=1.1)
+            session_ms.append(1e3 / session.last_turn.decode_tps)
+    server, alone = statistics.median(server_ms), statistics.median(session_ms)
+    return {"server_ms_per_token": server, "session_ms_per_token": alone, "overhead": server / alone - 1}
 
 
 def run(ctx: SuiteContext, requests: int, clients: int, system_tokens: int, max_tokens: int, n_ctx: int) -> dict:
@@ -187,8 +234,11 @@ def run(ctx: SuiteContext, requests: int, clients: int, system_tokens: int, max_
                 shutil.rmtree(tmp / "store", ignore_errors=True)  # a store of its own: nothing of the shared run
             servers.append({"role": role, **_measure(name, start, trace, system, p, reports_usage, count_prompt,
                                                      users)})
-    return {"requests": requests, "clients": clients, "system_tokens": system_tokens, "max_tokens": max_tokens,
-            "n_ctx": n_ctx, "trace": trace, "llama_server": binary is not None, "servers": servers}
+        ctx.tick(len(runs), len(runs) + 1, "per-token overhead")
+        decode = decode_overhead(ctx.model_path, system, tmp, n_ctx)
+    return {"decode": decode, "requests": requests, "clients": clients, "system_tokens": system_tokens,
+            "max_tokens": max_tokens, "n_ctx": n_ctx, "trace": trace, "llama_server": binary is not None,
+            "servers": servers}
 
 
 def _by_role(data: dict) -> dict:
@@ -227,6 +277,15 @@ def headline(data: dict) -> dict:
             out[f"{who}_p95_ms"] = figure(server["ttft_p95_ms"], "ms", "lower", f"{who} p95 time to first token")
             out[f"{who}_restart_ms"] = figure(server["restart_ttft_ms"], "ms", "lower", f"{who} after a restart")
             out[f"{who}_rss_mb"] = figure(server["peak_rss_mb"], "MB", "lower", f"{who} peak RSS")
+    if mine.get("warm_over_prefill"):
+        out["warm_over_prefill"] = figure(mine["warm_over_prefill"], "x", "lower",
+                                          "kvcpu serve warm time to first token / its turn's prefill of the new tokens")
+    if "decode" in data:
+        out["server_decode_overhead"] = figure(data["decode"]["overhead"], "", "lower",
+                                               "kvcpu serve time per generated token over a Session's, - 1")
+    if "llama-server" in by and "cold_ttft_ms" in mine:
+        out["cold_vs_llama_server"] = figure(mine["cold_ttft_ms"] / by["llama-server"]["cold_ttft_ms"], "x", "lower",
+                                             "kvcpu serve cold first request / llama-server's (time to first token)")
     if "kvcpu-user" in by:
         out["user_scope_prefill"] = figure(by["kvcpu-user"]["prefilled"] / max(mine["prefilled"], 1), "x", "lower",
                                            "tokens prefilled with --cache-scope user / shared")
@@ -282,9 +341,26 @@ def render(data: dict, short: bool = False) -> str:
     if "kvcpu-user" in by:
         ratios += (f" With --cache-scope user, kvcpu serve prefilled {by['kvcpu-user']['prefilled']:,} tokens "
                    f"against {mine['prefilled']:,} shared: the system prompt once per client instead of once.")
+    ratios += _ceilings(data, mine, by.get("llama-server"))
     if not short:
         ratios += "\n\n" + _cached_table(data)
     return intro + table + ratios
+
+
+def _ceilings(data: dict, mine: dict, ls: dict | None) -> str:
+    """kvcpu serve against its ceilings: its turns' own prefill, a Session's decode, llama-server's cold prefill."""
+    text = ""
+    if mine.get("warm_over_prefill"):
+        text += (f"\n\nCeilings: kvcpu serve's warm requests took {mine['warm_over_prefill']:.2f}x (median) the time "
+                 "its turns spent prefilling their new tokens alone (its -v log), restore, lookup and HTTP included.")
+    if "decode" in data:
+        d = data["decode"]
+        text += (f" Per generated token, streamed: {d['server_ms_per_token']:.1f} ms through the server against "
+                 f"{d['session_ms_per_token']:.1f} ms in a Session on the same message ({d['overhead']:+.0%}).")
+    if ls is not None and "cold_ttft_ms" in mine:
+        text += (f" The cold first request: {mine['cold_ttft_ms']:,.0f} ms against llama-server's "
+                 f"{ls['cold_ttft_ms']:,.0f} ms ({mine['cold_ttft_ms'] / ls['cold_ttft_ms']:.2f}x).")
+    return text
 
 
 def _cached_table(data: dict) -> str:

@@ -81,7 +81,7 @@ def parse_chat(body: dict) -> GenerationRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
-    checked = tuple(_message(m, i) for i, m in enumerate(messages))
+    checked = tuple(checked_messages(messages))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     tools, schema = parse_tool_use(body), _response_schema(body.get("response_format"))
     if schema is not None and tools is not None and tools.active:
@@ -111,6 +111,11 @@ def parse_completion(body: dict) -> GenerationRequest:
             raise APIError(400, f"'{name}' is for /v1/chat/completions; /v1/completions does not support it",
                            param=name, code="unsupported_field")
     return _common(body, messages=None, prompt=prompt, max_tokens=body.get("max_tokens"))
+
+
+def checked_messages(messages: list) -> list[dict]:
+    """Chat messages as the server takes them (checked; tool-call arguments parsed), for the template."""
+    return [_message(m, i) for i, m in enumerate(messages)]
 
 
 def _message(m, i: int) -> dict:

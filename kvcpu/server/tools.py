@@ -230,8 +230,8 @@ class ToolCallReader:
             self._content(self.buffer, out)
         self.buffer, self.in_call = "", False
         if self.bare is not None:
-            # Small models often answer with the call alone, as JSON or a fenced JSON block; so
-            # does llama.cpp's reader take it, when the object names one of the tools.
+            # Small models often answer with the call alone: bare JSON, a fenced block, <tools>
+            # tags; llama.cpp's reader takes these too, when the object names one of the tools.
             call = self._parse(_unfenced(self.bare))
             if call is not None:
                 self.calls.append(call)
@@ -254,7 +254,7 @@ class ToolCallReader:
             if not text:
                 return
             self.after_call = False
-        if not self.calls and not self.emitted and (self.held + text).lstrip()[:1] in ("{", "`"):
+        if not self.calls and not self.emitted and (self.held + text).lstrip()[:1] in ("{", "`", "<"):
             self.bare, self.held = self.held + text, ""
             return
         self.emitted = True
@@ -310,12 +310,19 @@ def read_reply(text: str, tools: ToolUse) -> tuple[str, list[ToolCall]]:
     return "".join(p for p in parts if isinstance(p, str)), reader.calls
 
 
+WRAPPERS = (("```json", "```"), ("```", "```"), ("<tools>", "</tools>"), ("<json>", "</json>"))
+
+
 def _unfenced(text: str) -> str:
-    """Text without a Markdown code fence around it."""
+    """A bare reply's JSON without what small models wrap a call in: a Markdown fence, <tools> or
+    <json> tags, or the doubled braces of Qwen2.5's own instructions ({{"name": ...}})."""
     text = text.strip()
-    if text.startswith("```") and text.endswith("```") and len(text) > 6:
-        text = text[3:-3]
-        text = text[4:] if text.startswith("json") else text
+    for start, end in WRAPPERS:
+        if text.startswith(start) and text.endswith(end) and len(text) >= len(start) + len(end):
+            text = text[len(start): len(text) - len(end)].strip()
+            break
+    if text.startswith("{{") and text.endswith("}}"):
+        text = text[1:-1]
     return text
 
 
