@@ -68,6 +68,13 @@ REAL_HEADLINE = [
                f"{h['llama_server_p95_ms']:,.0f} ms; after a restart {h['kvcpu_restart_ms']:,.0f} against "
                f"{h['llama_server_restart_ms']:,.0f} ms; peak RSS {h['kvcpu_rss_mb']:,.0f} against "
                f"{h['llama_server_rss_mb']:,.0f} MB"),
+    ("kvcpu serve's warm requests against their own prefill of the new tokens; its cold first request against "
+     "llama-server's", "serve",
+     lambda h: f"{h['warm_over_prefill']:.2f}x (median); {h['cold_vs_llama_server']:.2f}x"),
+    ("Three agents with 4 tools taking turns on one server (tool loops, a restart halfway): first token p50 "
+     "against llama-server --jinja", "agent",
+     lambda h: f"{h['p50_vs_llama_server']:.2f}x; whole reply {h['total_p50_vs_llama_server']:.2f}x; "
+               f"{h['kvcpu_calls_parsed']:.0%} of asks came back as parsed tool calls"),
     ("Snapshot size against f16, and mean KL on held-out text", "quality",
      lambda h: f"int8 {h['int8_ratio']:.2f}x smaller, KL {h['int8_kl']:.4f}, top-1 {h['int8_top1']:.3f}; adaptive "
                f"{h['adaptive_ratio']:.2f}x, KL {h['adaptive_kl']:.4f}, top-1 {h['adaptive_top1']:.3f}"),

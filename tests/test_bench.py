@@ -355,3 +355,30 @@ def test_heldout_suite_without_libcachesim_says_so(tmp_path, monkeypatch):
     ctx = SuiteContext(model="m", model_path=tmp_path, out=tmp_path, quick=True, seed=7)
     data = heldout.run(ctx, **heldout.params(True))
     assert data["skipped"] and heldout.headline(data) == {} and "Not measured" in heldout.render(data)
+
+
+def test_agent_trace_takes_turns_and_each_loop_asks_before_its_result():
+    from kvcpu.bench import agent
+
+    trace = agent.agent_trace(3, 4, (150, 400), seed=7)
+    assert len(trace) == 24 and trace == agent.agent_trace(3, 4, (150, 400), seed=7)
+    assert all(a["agent"] != b["agent"] for a, b in zip(trace, trace[1:]))  # every request follows another agent's
+    for who in range(3):
+        mine = [s for s in trace if s["agent"] == who]
+        assert [s["kind"] for s in mine] == ["ask", "result"] * 4
+        assert all(s["tool"] == r["tool"] for s, r in zip(mine[::2], mine[1::2]))
+        assert all(150 <= s["tokens"] <= 400 for s in mine[1::2])
+
+
+def test_an_agent_goes_on_with_the_call_it_expected_when_none_parsed():
+    from kvcpu.bench import agent
+
+    agents = agent._Agents("system", 1, ["word "] * 50)
+    ask = {"agent": 0, "kind": "ask", "tool": "run_sql", "text": "Count the rows."}
+    agents.request(ask)
+    assert agents.answered(ask, "I would run a query.", []) is False
+    said = agents.messages[0][-1]
+    assert said["tool_calls"][0]["function"]["name"] == "run_sql" and said["content"] == "I would run a query."
+    result = agents.request({"agent": 0, "kind": "result", "tool": "run_sql", "tokens": 10, "offset": 3})
+    assert result[-1]["role"] == "tool" and result[-1]["tool_call_id"] == said["tool_calls"][0]["id"]
+    assert result[-1]["content"] == "word " * 10

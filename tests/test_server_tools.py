@@ -165,6 +165,8 @@ def test_sampling_fields_are_taken(client):
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0]"),
     ({"response_format": {"type": "yaml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}},
+     "response_format"),
     ({"response_format": {"type": "json_object"}, "tool_choice": "auto"}, "response_format"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"top_k": -1}, "top_k"),

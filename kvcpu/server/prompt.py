@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..engine import Engine
 from ..engine.grammar import Grammar, schema_gbnf
+from ..errors import KVCPUError
 from ..sampling import Sampler, SamplingConfig, TokenLogprob
 from ..template import ChatFormat
 from .protocol import APIError, GenerationRequest
@@ -78,7 +79,7 @@ def _grammar(eng: Engine, req: GenerationRequest) -> Grammar | None:
         else:
             return None
         return Grammar(eng, gbnf)
-    except Exception as exc:  # a schema the converter or llama.cpp cannot take is the client's to fix
+    except KVCPUError as exc:  # a schema the converter or llama.cpp cannot take is the client's to fix
         param = "tools" if req.tools is not None and req.tools.forced else "response_format"
         raise APIError(400, f"cannot constrain the reply to this schema: {exc}", param=param) from None
 

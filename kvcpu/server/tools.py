@@ -105,9 +105,8 @@ def _tool(tool, i: int) -> dict:
     function = tool["function"]
     if not isinstance(function.get("name"), str) or not NAME.match(function["name"]):
         raise APIError(400, f"{where}.function.name must be 1-64 letters, digits, '_', '.' or '-'", param=where)
-    for key in ("parameters",):
-        if function.get(key) is not None and not isinstance(function[key], dict):
-            raise APIError(400, f"{where}.function.{key} must be a JSON schema object", param=where)
+    if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+        raise APIError(400, f"{where}.function.parameters must be a JSON schema object", param=where)
     unknown = set(function) - {"name", "description", "parameters", "strict"}
     if unknown:
         raise APIError(400, f"{where}.function has fields kvcpu does not support: {sorted(unknown)}", param=where)
