@@ -109,6 +109,20 @@ class Engine:
 
         return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
 
+    def starts_with_special(self, text: str) -> bool:
+        """Whether `text` begins with a special token the tokenizer splits text at (control or
+        user-defined, not one that strips the whitespace before it): then the tokens of a text
+        that ends where `text` begins do not depend on what follows."""
+        import llama_cpp
+
+        first = self.tokenize(text[:64], add_bos=False) if text else []
+        if not first:
+            return False
+        attr = llama_cpp.llama_vocab_get_attr(self.llama._model.vocab, first[0])
+        splits = attr & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED)
+        return bool(splits) and not attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP and \
+            text.startswith(self.llama._model.token_get_text(first[0]))
+
     @property
     def chat_template(self) -> str | None:
         """The GGUF's Jinja chat template, if it ships one."""

@@ -18,7 +18,7 @@ from ..engine import Engine
 from ..errors import KVCPUError
 from ..template import ChatFormat
 from ..turn import Turn, TurnRunner
-from .prompt import Prepared, logprob_entries, prepare
+from .prompt import HeadTokens, Prepared, logprob_entries, prepare
 from .protocol import APIError, GenerationRequest
 
 
@@ -71,6 +71,7 @@ class _Worker:
     def __init__(self, engine: Engine, runner: TurnRunner, index: int):
         self.engine, self.runner = engine, runner
         self.format = ChatFormat.of(engine)
+        self.heads = HeadTokens(engine)
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kvcpu-engine{index}")
 
 
@@ -161,7 +162,7 @@ def _drive(worker: _Worker, req: GenerationRequest, n_ctx: int, emit, cancel: th
 
 
 def _start(worker: _Worker, req: GenerationRequest, n_ctx: int, scope: str | None) -> tuple[Turn, Prepared, int]:
-    prepared = prepare(worker.engine, worker.format, req)
+    prepared = prepare(worker.engine, worker.format, req, worker.heads)
     prompt = prepared.prompt
     room = n_ctx - len(prompt)
     try:
