@@ -171,3 +171,20 @@ def test_a_state_with_merged_cells_snapshots_and_reads_back():
     for name in ("f16", "int8"):
         again = CompressedKV.from_bytes(codec(name).encode(merged).to_bytes()).decode()
         np.testing.assert_array_equal(again.tokens, state.tokens)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_int4_rot_keeps_small_key_channels_beside_a_biased_one(layout):
+    """Qwen2's K has channels of large constant bias; rotated without centering, they drown the
+    rest of the head (the uncentered row shows that this test can fail)."""
+    stream = random_stream(np.random.default_rng(5), 40, 2, 128)
+    for k in stream.k:
+        k[:, 3] += 300.0
+    state = KVState.from_bytes(write_state(0, [[stream]]))
+    errors = {}
+    for center in (True, False):
+        restored = codec("int4-rot", center_k=center).encode(state, layout=layout).decode()
+        small = [(a - b)[:, 4:] ** 2 / np.mean(a[:, 4:] ** 2)
+                 for (_, a), (_, b) in zip(tensors(state), tensors(restored), strict=True)]
+        errors[center] = float(np.sqrt(np.mean(small)))
+    assert errors[True] <= REL_RMS["int4-rot"] < errors[False], errors

@@ -49,15 +49,7 @@ def test_its_state_round_trips_bit_for_bit(scene):
     assert KVState.from_bytes(raw).to_bytes() == raw
 
 
-ROTATED_K = pytest.mark.xfail(strict=True, reason=(
-    "int4-rot rotates K before per-token 4-bit groups; Qwen2's K has a few channels of constant bias "
-    "(|k| up to ~360 where the rest are ~10), which the rotation spreads over every channel of the head, "
-    "and the small channels drown (KL ~4.8 here). Per-channel K (int4, int8, ecq, adaptive) keeps them. "
-    "Strict: a fix (centering K per channel before rotating) turns this into a failure to remove."))
-
-
-@pytest.mark.parametrize("name", ["f16", *[pytest.param(n, marks=ROTATED_K) if n == "int4-rot" else n
-                                           for n in KL_BOUND]])
+@pytest.mark.parametrize("name", ["f16", *KL_BOUND])
 def test_every_codec_round_trips_its_state(scene, name):
     eng, state, cont, reference = scene
     packed = codec(name).encode(state)

@@ -16,14 +16,17 @@ class GroupQuantCodec(TensorCodec):
     """bits-wide codes in groups of `group`; K and V each grouped per token or per channel.
 
     rotate=True applies a Walsh-Hadamard rotation per head of head_dim channels first
-    (per-token groups only). Codes narrower than 8 bits (4 or 2) are packed into bytes.
+    (per-token groups only). center_k subtracts each K channel's mean over the tokens before
+    rotating: a rotation spreads a channel of large constant bias (Qwen2's K reaches |k| ~360
+    where the rest are ~10) over the whole head, where the small channels drown. Codes narrower
+    than 8 bits (4 or 2) are packed into bytes.
     """
 
     defaults: dict = {}
 
     def __init__(self, **params):
         p = {"group": 32, "axis_k": "token", "axis_v": "token", "symmetric": True, "rotate": False,
-             "head_dim": 64, **self.defaults}
+             "center_k": False, "head_dim": 64, **self.defaults}
         unknown = set(params) - set(p)
         if unknown:
             raise CodecError(f"codec {self.name!r} has no parameters {sorted(unknown)}; it takes {sorted(p)}")
@@ -34,6 +37,8 @@ class GroupQuantCodec(TensorCodec):
                 raise CodecError(f"{key} must be one of {kernels.AXES}, not {p[key]!r}")
         if p["rotate"] and "channel" in (p["axis_k"], p["axis_v"]):
             raise CodecError("rotation needs per-token groups (axis_k and axis_v 'token')")
+        if p["center_k"] and not p["rotate"]:
+            raise CodecError("center_k applies to rotated codes (rotate=True)")
         if int(p["group"]) < 1:
             raise CodecError(f"group must be positive, not {p['group']}")
         self._p = p
@@ -79,9 +84,15 @@ class GroupQuantCodec(TensorCodec):
         if rotate and spec.channel_major:
             m = kernels.transpose(m)  # rotation runs along channels of token-major rows
             axis = "token"
+        offset = None
+        if rotate and kind == "k" and self._p["center_k"]:
+            m, offset = _centered(m)
         qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
                               head_dim=int(self._p["head_dim"]) if rotate else 0, out=_places(out))
-        return self._arrays(self._checked(qz, m), axis, group, spec), {}
+        arrays = self._arrays(self._checked(qz, m), axis, group, spec)
+        if offset is not None:
+            arrays["offset"] = (offset, 0)
+        return arrays, {}
 
     def _arrays(self, qz, axis: str, group: int, spec: LayoutSpec) -> dict:
         codes = kernels.pack_codes(qz.q, self.bits, self._offset) if self.bits < 8 else qz.q
@@ -130,7 +141,10 @@ class GroupQuantCodec(TensorCodec):
         rows = q.shape[0]
         if axis == "channel" and rows % group and rows != (n if token_major else e):
             rows -= rows % group  # a partial read ends on a block, hence on a group
-        m = kernels.dequantize(qz, out_dtype, rows)
+        if "offset" in arrays:
+            m = _uncentered(kernels.dequantize(qz, np.float32, rows), arrays["offset"], e, out_dtype)
+        else:
+            m = kernels.dequantize(qz, out_dtype, rows)
         if rotate and spec.channel_major:
             m = kernels.transpose(m)
         return m
@@ -140,7 +154,7 @@ class GroupQuantCodec(TensorCodec):
         """Per-token groups of a token-major layout decode straight into llama.cpp's buffer, in
         either orientation (a V cache stored transposed, as llama.cpp does without flash attention)."""
         axis, group = self._plan(kind, spec)
-        if spec.channel_major or axis != "token":
+        if spec.channel_major or axis != "token" or "offset" in arrays:
             return False
         return self._dequantize_tokens(arrays, shape, group, out, transposed)
 
@@ -158,7 +172,7 @@ class GroupQuantCodec(TensorCodec):
         """Per-token groups of a token-major layout decode straight into channel-major (a V cache
         stored transposed, as llama.cpp does without flash attention)."""
         axis, group = self._plan(kind, spec)
-        if spec.channel_major or axis != "token":
+        if spec.channel_major or axis != "token" or "offset" in arrays:
             return None
         out = np.empty((shape[1], arrays["q"].shape[0]), out_dtype)  # every row read, as decode_tensor
         self._dequantize_tokens(arrays, shape, group, out, transposed=True)
@@ -168,3 +182,19 @@ class GroupQuantCodec(TensorCodec):
 def _places(out: dict | None) -> tuple | None:
     """tensor_arrays' views as the kernels' (q, scale, zero)."""
     return None if out is None else (out["q"], out["scale"], out.get("zero"))
+
+
+def _centered(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """m: (n, e) half bits or float32 -> (m minus each channel's mean over the tokens as
+    float32 (n, e), the means (e,) float32)."""
+    x = kernels.half_bits_to_float32(m) if m.dtype == np.uint16 else np.asarray(m, np.float32)
+    offset = x.mean(axis=0, dtype=np.float64).astype(np.float32) if len(x) else np.zeros(x.shape[1], np.float32)
+    return np.ascontiguousarray(x - offset), offset
+
+
+def _uncentered(x: np.ndarray, offset: np.ndarray, e: int, out_dtype) -> np.ndarray:
+    """x: (rows, e) float32 decoded codes, plus offset: (e,) float32 -> out_dtype."""
+    if offset.dtype != np.float32 or offset.shape != (e,):
+        raise CodecError(f"a K offset of {offset.dtype} {offset.shape} does not fit {e} channels")
+    x += offset
+    return kernels.float32_to_half_bits(x) if np.dtype(out_dtype) == np.uint16 else x
