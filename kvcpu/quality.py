@@ -26,7 +26,8 @@ class QualityReport:
         return asdict(self)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """logits: (rows, n_vocab) -> their log-probabilities, float64."""
     z = logits.astype(np.float64)
     z -= z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
@@ -36,7 +37,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, continuation: list[int
     """reference, candidate: (len(C), n_vocab) logits, row i predicting C[i + 1]."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
-    lp, lq = _log_softmax(reference), _log_softmax(candidate)
+    lp, lq = log_softmax(reference), log_softmax(candidate)
     kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
     targets = np.asarray(continuation[1:])
     rows = np.arange(len(targets))

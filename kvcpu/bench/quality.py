@@ -16,6 +16,7 @@ from ..data import eval_text
 from ..engine import Engine
 from ..errors import KVCPUError
 from ..quality import compare, continuation_logits
+from . import quality_heldout
 from .common import SuiteContext, figure, markdown_table, pyplot, save_figure
 
 TITLE = "Quality: compression against KL divergence"
@@ -119,9 +120,10 @@ def run(ctx: SuiteContext, prefix: int, continuation: int, variants: bool, layou
         raise ValueError(f"the shipped text has {len(tokens)} tokens, fewer than prefix + continuation")
     p, c = tokens[:prefix], tokens[prefix : prefix + continuation]
     configs = [(name, {}) for name in codec_names()] + (VARIANTS if variants else [])
-    n_steps = len(configs) + 1 + len(NATIVE)
+    n_steps = len(configs) + 1 + len(NATIVE) + len(quality_heldout.WINDOWS)
     rows = _codec_rows(ctx, p, c, configs, layouts, n_steps) + _native_rows(ctx, p, c, len(configs), n_steps)
-    return {"prefix_tokens": prefix, "continuation_tokens": continuation, "rows": rows}
+    heldout = quality_heldout.run(ctx, prefix, continuation, n_steps - len(quality_heldout.WINDOWS), n_steps)
+    return {"prefix_tokens": prefix, "continuation_tokens": continuation, "rows": rows, "heldout": heldout}
 
 
 def blocked_rows(data: dict) -> list[dict]:
@@ -145,6 +147,18 @@ def headline(data: dict) -> dict:
             out["adaptive_top1"] = figure(r["top1_agreement"], "", "higher", "adaptive (target 4x) top-1 agreement")
     floor = next(r for r in data["rows"] if r["kind"] == "noise floor")
     out["noise_floor_kl"] = figure(floor["kl_mean"], "KL", "lower", "noise floor (flash attention vs none)")
+    for r in data.get("heldout", {}).get("rows", []):
+        key = r["codec"].replace(" ", "_").replace("-", "_")
+        out[f"heldout_{key}_kl"] = figure(r["kl_mean"], "KL", "lower", f"{r['codec']} mean KL, held-out windows")
+        out[f"heldout_{key}_top1"] = figure(r["top1_agreement"], "", "higher",
+                                            f"{r['codec']} top-1 agreement, held-out windows")
+        if r["codec"] == "adaptive":
+            out["heldout_adaptive_top1_minus_int8"] = figure(
+                r["top1_minus_int8"], "", "higher", "adaptive's top-1 minus int8's, held-out windows")
+            out["heldout_adaptive_top1_minus_int8_se"] = figure(
+                r["top1_minus_int8_se"], "", "lower", "its standard error")
+            out["heldout_adaptive_kl_over_int8"] = figure(r["kl_over_int8"], "x", "lower",
+                                                          "adaptive's KL over int8's, held-out windows")
     return out
 
 
@@ -179,6 +193,7 @@ def render(data: dict, short: bool = False) -> str:
     rows = [r for r in data["rows"] if "error" not in r]
     refused = sorted({f"{r['codec']}: {r['error']}" for r in data["rows"] if "error" in r})
     head += "".join(f"Refused on this model: {line}.\n\n" for line in refused)
+    heldout = ("\n\n" + quality_heldout.render(data["heldout"])) if "heldout" in data else ""
     front = "\n\nThe frontier: no other row is both smaller and closer to the exact state.\n\n" + markdown_table(
         [("kind|kind", "s"), ("codec|codec", "s"), ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
          ("top1_agreement|top-1 agree", ".3f")], frontier(data["rows"]))
@@ -187,10 +202,10 @@ def render(data: dict, short: bool = False) -> str:
         return head + markdown_table([("kind|kind", "s"), ("codec|codec", "s"), ("ratio|ratio", ".2f"),
                                       ("kl_mean|mean KL", ".4f"), ("top1_agreement|top-1 agree", ".3f"),
                                       ("decode_ms_per_1k|decode ms / 1k tokens", ".1f")], rows) + front + (
-            f"\n\nPerplexity of the exact state: {rows[0]['ppl_reference']:.2f}.")
+            f"\n\nPerplexity of the exact state: {rows[0]['ppl_reference']:.2f}.") + heldout
     return head + markdown_table([("kind|kind", "s"), ("codec|codec", "s"), ("layout|layout", "s"),
                                   ("ratio|ratio", ".2f"), ("kl_mean|mean KL", ".4f"),
                                   ("top1_agreement|top-1 agree", ".3f"), ("ppl_reference|ppl ref", ".2f"),
                                   ("ppl_candidate|ppl cand", ".2f"),
                                   ("decode_ms_per_1k|decode ms / 1k tokens", ".1f")], rows) + front + (
-        "\n\n![ratio against KL](quality.png)")
+        "\n\n![ratio against KL](quality.png)") + heldout
