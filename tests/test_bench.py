@@ -232,6 +232,22 @@ def test_merge_keeps_the_other_suites_and_replaces_the_rerun_one(model_path, tmp
     assert list(doc["suites"]) == ["two"]  # without --merge, a run stands alone
 
 
+def test_a_suite_that_fails_keeps_the_ones_before_it(model_path, tmp_path, monkeypatch):
+    import kvcpu.bench.report as report
+    import kvcpu.bench.run as run
+
+    broken = _fake_suite(0.0)
+    broken.run = lambda ctx, quick: 1 / 0
+    suites = {"one": _fake_suite(1.0), "broken": broken}
+    monkeypatch.setattr(run, "SUITES", suites)
+    monkeypatch.setattr(report, "SUITES", suites)
+    with pytest.raises(ZeroDivisionError):
+        run_bench(BenchConfig(model=str(model_path), only=("one", "broken"), out=tmp_path))
+    doc = bench_results.load(tmp_path / "results.json")
+    assert {k: s["data"]["v"] for k, s in doc["suites"].items()} == {"one": 1.0}
+    assert "v = 1.0" in (tmp_path / "report.md").read_text()
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -91,8 +91,13 @@ def run_bench(config: BenchConfig, command: str = "kvcpu bench", on_progress: Pr
                                "command": command}
         if doc["software"].get("commit"):
             doc["suites"][name]["commit"] = doc["software"]["commit"]
+        _write(doc, config, t_all)  # each suite lands as it ends: a later failure or Ctrl-C loses none of it
+    return doc
+
+
+def _write(doc: dict, config: BenchConfig, t_all: float) -> None:
+    """results.json and report.md, with every suite measured so far (and the kept ones, merging)."""
     doc["seconds"] = time.perf_counter() - t_all
     doc["recommendation"] = recommend(doc["suites"], doc["model"], config.limits)
     results.save(doc, config.out / "results.json")
     write_report(doc, config.out / "report.md")
-    return doc
