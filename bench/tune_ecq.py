@@ -29,7 +29,7 @@ CONFIGS = [("int8", {}), ("int4", {}), ("ecq", {"step_k": 0.12, "step_v": 0.55})
            ("ecq", {"step_k": 0.2, "step_v": 0.55}), ("ecq", {"step_k": 0.22, "step_v": 0.4}),
            ("ecq", {"step_k": 0.16, "step_v": 0.45, "sinks": 0}),
            ("ecq", {"step_k": 0.16, "step_v": 0.45, "sinks": 16}),
-           ("adaptive", {"target_ratio": 4.0})]
+           ("adaptive", {"target_ratio": 4.0}), ("adaptive", {"target_ratio": 4.0, "k_step": "capped"})]
 
 
 def windows(eng: Engine) -> list[tuple]:

@@ -114,3 +114,29 @@ def test_adaptive_fits_ecq_to_its_target(target):
     coarser = codec("adaptive", target_ratio=target * 1.5).encode(state)
     err = lambda p: np.mean([np.mean((a - b) ** 2) for a, b in zip(values(state), values(p.decode()))])  # noqa: E731
     assert err(packed) < err(coarser)
+
+
+def test_capped_k_steps_keep_a_quiet_channel_beside_a_loud_one():
+    """Under one step per head, a channel 100x quieter than its head's loudest is quantized to
+    its mean; k_step="capped" keeps it (the head rule's error shows that this test can fail)."""
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((200, 128))
+    k[:, 5] *= 300.0  # one loud channel in the first head
+    k = f16(k)
+    state = state_of([k], [f16(rng.standard_normal((200, 128)))])
+    quiet = [c for c in range(64) if c != 5]
+
+    def quiet_error(rule: str) -> float:
+        back = values(EntropyCodedCodec(head_dim=64, k_step=rule).encode(state).decode())[0]
+        return float(np.sqrt(np.mean((back[4:, quiet] - k[4:, quiet]) ** 2) / np.mean(k[4:, quiet] ** 2)))
+
+    capped, head = quiet_error("capped"), quiet_error("head")
+    assert capped < 0.2 < head, (capped, head)
+    # adaptive passes the rule on to ecq, and fits the steps to its target with it
+    packed = codec("adaptive", target_ratio=4.0, k_step="capped").encode(state)
+    assert 3.8 <= packed.ratio() <= 4.4
+    assert {i["params"].get("k_step") for i in packed.meta["tensor_info"]} == {"capped"}
+    with pytest.raises(CodecError, match="k_step"):
+        codec("ecq", k_step="channel")
+    with pytest.raises(CodecError, match="k_step"):
+        codec("adaptive", options=["f16", "int8"], k_step="capped")

@@ -24,9 +24,10 @@ TITLE = "Quality: compression against KL divergence"
 # Codec variants worth a row besides each codec's defaults (full runs only).
 VARIANTS = [("int8", {"axis_k": "channel"}), ("int4-rot", {"group": 16}), ("int4-rot", {"symmetric": False}),
             ("ecq", {"step_k": 0.08, "step_v": 0.225}), ("ecq", {"step_k": 0.32, "step_v": 0.9}),
-            ("adaptive", {"target_ratio": 3.0}), ("adaptive", {"target_ratio": 3.5}),
-            ("adaptive", {"target_ratio": 5.0}), ("adaptive", {"target_ratio": 6.0}), ("svd", {"ratio": 2.0}),
-            ("svd", {"energy": 0.999, "factors": "int8"}), ("cluster", {"inner": "int8"})]
+            ("ecq", {"k_step": "capped"}), ("adaptive", {"target_ratio": 3.0}), ("adaptive", {"target_ratio": 3.5}),
+            ("adaptive", {"target_ratio": 5.0}), ("adaptive", {"target_ratio": 6.0}),
+            ("adaptive", {"k_step": "capped"}),
+            ("svd", {"ratio": 2.0}), ("svd", {"energy": 0.999, "factors": "int8"}), ("cluster", {"inner": "int8"})]
 NATIVE = [("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0")]
 
 

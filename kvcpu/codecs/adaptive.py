@@ -23,7 +23,7 @@ from .. import kernels
 from ..errors import CodecError
 from ..state import KVState
 from .base import CompressedKV, codec, register
-from .ecq import EntropyCodedCodec
+from .ecq import K_STEPS, EntropyCodedCodec
 from .layout import LayoutSpec
 from .quantized import GroupQuantCodec
 from .tensorwise import TensorCodec
@@ -81,7 +81,7 @@ class AdaptiveCodec(TensorCodec):
     name = "adaptive"
 
     def __init__(self, target_ratio: float | None = 4.0, target_error: float | None = None,
-                 options: list[str] | None = None):
+                 options: list[str] | None = None, k_step: str = "head"):
         if (target_ratio is None) == (target_error is None):
             raise CodecError("adaptive takes a target_ratio or a target_error, not both and not neither")
         if target_ratio is not None and target_ratio < 1:
@@ -91,8 +91,12 @@ class AdaptiveCodec(TensorCodec):
         unknown = [o for o in options if o not in OPTIONS]
         if unknown or "f16" not in options:
             raise CodecError(f"options must include 'f16' and come from {sorted(OPTIONS)}; unknown: {unknown}")
+        if k_step not in K_STEPS or k_step != "head" and not uniform:
+            raise CodecError(f"k_step ({k_step!r}) must be one of {K_STEPS}, and is for a target ratio without options")
         self._p = {"target_ratio": target_ratio, "target_error": target_error,
                    "options": None if uniform else options}
+        if k_step != "head":
+            self._p["k_step"] = k_step
         self._chosen: list = []
         self._head_dim = 0  # the model's head size, for the options that work per head
         self._start = 0.0  # log2 of the ecq scale a fit starts from: the first fit's, when a second one runs
@@ -166,7 +170,8 @@ class AdaptiveCodec(TensorCodec):
         return (max(fits, key=lambda t: t[0]) if fits else min(tried, key=lambda t: t[0]))[1]
 
     def _ecq_at(self, scale: float, matrices, spec: LayoutSpec) -> tuple[int, list]:
-        params = {"step_k": round(_ECQ_STEPS[0] * scale, 6), "step_v": round(_ECQ_STEPS[1] * scale, 6)}
+        params = {"step_k": round(_ECQ_STEPS[0] * scale, 6), "step_v": round(_ECQ_STEPS[1] * scale, 6),
+                  **({"k_step": self._p["k_step"]} if "k_step" in self._p else {})}
         encoded = [self._encode_option("ecq", "ecq", params, m, kind, spec)[1:] for m, kind in matrices]
         return sum(size for size, _ in encoded), [e for _, e in encoded]
 
