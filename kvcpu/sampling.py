@@ -86,10 +86,10 @@ class Sampler:
         if c.temperature <= 0:
             return int(np.argmax(scores))
         z = scores.astype(np.float64)
+        if 0 < c.top_k < len(z):  # on the scores as they are: the shift below can round near-ties together
+            z[np.argpartition(z, -c.top_k)[: -c.top_k]] = -np.inf
         with np.errstate(over="ignore"):  # shifted first: a tiny temperature sends the rest to -inf, not nan
             z = (z - z.max()) / c.temperature
-        if 0 < c.top_k < len(z):
-            z[np.argpartition(z, -c.top_k)[: -c.top_k]] = -np.inf
         p = np.exp(z)
         p /= p.sum()
         order = np.argsort(p)[::-1]
