@@ -19,7 +19,9 @@ LOSSY = ["int8", "int4", "int4-rot", "ecq", "svd", "cluster", "adaptive"]
 # 0.969, 0.859.
 KL_BOUND = {"f16": 0.0, "int8": 0.009, "int4": 0.018, "int4-rot": 0.027, "ecq": 0.015, "adaptive": 0.012,
             "cluster": 0.045, "svd": 0.26}
-TOP1_FLOOR = {"f16": 1.0, "int8": 0.95, "int4": 0.93, "int4-rot": 0.93, "ecq": 0.9, "adaptive": 0.9, "cluster": 0.8,
+# int4-rot centers K per channel, which Qwen2 needs and which costs SmolLM2 (docs/design.md): 0.906 measured on
+# the AVX2 path, so its floor sits below the others'.
+TOP1_FLOOR = {"f16": 1.0, "int8": 0.95, "int4": 0.93, "int4-rot": 0.87, "ecq": 0.9, "adaptive": 0.9, "cluster": 0.8,
               "svd": 0.78}
 # Below these something is wrong with the encoding; svd at 99% energy barely beats f16 on this
 # model's KV, which is a finding, not a bug. ecq measured 3.66 (interleaved) to 3.75, adaptive 3.90
