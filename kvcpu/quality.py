@@ -38,7 +38,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, continuation: list[int
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
     lp, lq = log_softmax(reference), log_softmax(candidate)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    kl = _kl(lp, lq)
     targets = np.asarray(continuation[1:])
     rows = np.arange(len(targets))
 
@@ -47,9 +47,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray, continuation: list[int
 
     return QualityReport(
         kl_mean=float(kl.mean()), kl_max=float(kl.max()),
-        top1_agreement=float((reference.argmax(-1) == candidate.argmax(-1)).mean()),
+        top1_agreement=float(_agreement(reference, candidate).mean()),
         ppl_reference=ppl(lp[:-1]), ppl_candidate=ppl(lq[:-1]),
     )
+
+
+def per_position(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """reference, candidate: (len(C), n_vocab) logits -> (KL per position, top-1 agreement per position),
+    the figures compare() averages, for pooling over several windows."""
+    return _kl(log_softmax(reference), log_softmax(candidate)), _agreement(reference, candidate)
+
+
+def _kl(lp: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    return (np.exp(lp) * (lp - lq)).sum(axis=-1)
+
+
+def _agreement(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    return reference.argmax(-1) == candidate.argmax(-1)
 
 
 def continuation_logits(engine, state, continuation: list[int]) -> np.ndarray:

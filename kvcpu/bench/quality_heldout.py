@@ -15,7 +15,7 @@ import numpy as np
 from ..codecs import codec
 from ..data import HELDOUT, heldout_text
 from ..engine import Engine
-from ..quality import continuation_logits, log_softmax
+from ..quality import continuation_logits, per_position
 from .common import markdown_table
 
 CODECS = ["int8", "int4", "int4-rot", "ecq", "adaptive"]
@@ -39,12 +39,6 @@ def _windows(tokenizer: Engine, prefix: int, continuation: int) -> list[tuple[st
     return out
 
 
-def _per_position(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """reference, candidate: (len(C), n_vocab) logits -> (KL per position, top-1 agreement per position)."""
-    lp, lq = log_softmax(reference), log_softmax(candidate)
-    return (np.exp(lp) * (lp - lq)).sum(axis=-1), reference.argmax(-1) == candidate.argmax(-1)
-
-
 def run(ctx, prefix: int, continuation: int, done: int, n_steps: int) -> dict:
     """Per codec and for the noise floor: ratio, pooled KL and top-1, per-text KL, and the paired
     top-1 difference from int8 with its standard error."""
@@ -64,10 +58,10 @@ def run(ctx, prefix: int, continuation: int, done: int, n_steps: int) -> dict:
             for c in CODECS:
                 packed = codec(c).encode(state)
                 ratios[c].append(packed.ratio())
-                _append(kl[c], agree[c], *_per_position(reference, continuation_logits(plain, packed.decode(), cont)))
+                _append(kl[c], agree[c], *per_position(reference, continuation_logits(plain, packed.decode(), cont)))
             flash.reset()
             flash.eval(p)
-            _append(kl[FLOOR], agree[FLOOR], *_per_position(reference, flash.eval(cont)))
+            _append(kl[FLOOR], agree[FLOOR], *per_position(reference, flash.eval(cont)))
     texts = [name for name, _, _ in windows]
     return {"windows": [{"text": t, "start": s} for t, s in WINDOWS], "positions": len(windows) * continuation,
             "sources": {t: HELDOUT[t] for t in dict.fromkeys(texts)},

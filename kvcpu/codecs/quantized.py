@@ -26,8 +26,8 @@ class GroupQuantCodec(TensorCodec):
 
     def __init__(self, **params):
         p = {"group": 32, "axis_k": "token", "axis_v": "token", "symmetric": True, "rotate": False,
-             "center_k": False, "head_dim": 64, **self.defaults}
-        unknown = set(params) - set(p)
+             "head_dim": 64, **self.defaults}
+        unknown = set(params) - set(p) - {"center_k"}  # recorded only where set: older headers stay byte for byte
         if unknown:
             raise CodecError(f"codec {self.name!r} has no parameters {sorted(unknown)}; it takes {sorted(p)}")
         p.update(params)
@@ -37,7 +37,7 @@ class GroupQuantCodec(TensorCodec):
                 raise CodecError(f"{key} must be one of {kernels.AXES}, not {p[key]!r}")
         if p["rotate"] and "channel" in (p["axis_k"], p["axis_v"]):
             raise CodecError("rotation needs per-token groups (axis_k and axis_v 'token')")
-        if p["center_k"] and not p["rotate"]:
+        if p.get("center_k") and not p["rotate"]:
             raise CodecError("center_k applies to rotated codes (rotate=True)")
         if int(p["group"]) < 1:
             raise CodecError(f"group must be positive, not {p['group']}")
@@ -85,7 +85,7 @@ class GroupQuantCodec(TensorCodec):
             m = kernels.transpose(m)  # rotation runs along channels of token-major rows
             axis = "token"
         offset = None
-        if rotate and kind == "k" and self._p["center_k"]:
+        if rotate and kind == "k" and self._p.get("center_k"):
             m, offset = _centered(m)
         qz = kernels.quantize(m, bits=self.bits, group=group, axis=axis, symmetric=self._p["symmetric"],
                               head_dim=int(self._p["head_dim"]) if rotate else 0, out=_places(out))
